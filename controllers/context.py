@@ -1,0 +1,44 @@
+"""Process-wide operator settings the handlers read.
+
+kopf registers handlers at import time, so the resync interval is read from
+the environment then; everything else is set once at startup by
+``operator/main.py`` through ``configure``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kubernetes import client
+
+from modelfleet.backends.base import Backend
+
+RESYNC_SECONDS = float(os.environ.get("MODELFLEET_RESYNC_SECONDS", "30"))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass
+class OperatorContext:
+    backend: Backend
+    api: client.ApiClient
+    clock: Callable[[], datetime] = utcnow
+
+
+_context: OperatorContext | None = None
+
+
+def configure(context: OperatorContext) -> None:
+    global _context
+    _context = context
+
+
+def current() -> OperatorContext:
+    if _context is None:
+        raise RuntimeError("the operator context is not configured; start via operator/main.py")
+    return _context

@@ -1,0 +1,179 @@
+"""FusionJob: fuse several heterogeneous source LLMs into one target model."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import Field, StringConstraints, model_validator
+
+from modelfleet.api.common import ApiModel, Artifact, BaseStatus, GpuRequest, Name, Uri
+from modelfleet.api.fedjob import ModelFamily, Output
+
+
+class FusionSource(ApiModel):
+    """A source model whose knowledge is fused into the target."""
+
+    name: Name
+    uri: Uri
+    weight: float = Field(
+        default=1.0, gt=0, le=1e6, description="Relative weight of this source. Default: 1."
+    )
+
+
+class FusionTarget(ApiModel):
+    """The model that receives the fused knowledge."""
+
+    uri: Uri = Field(description="The model trained (distill) or the merge's architecture.")
+    family: ModelFamily = Field(default=ModelFamily.LLAMA, description="Default: llama.")
+
+
+class FusionMethod(StrEnum):
+    DISTILL = "distill"
+    MERGE = "merge"
+
+
+class MergeStrategy(StrEnum):
+    SOUP = "soup"
+    TASK_ARITHMETIC = "task-arithmetic"
+    TIES = "ties"
+    BREADCRUMBS = "breadcrumbs"
+
+
+class Merge(ApiModel):
+    """Weight-space merging; all sources must share the target's architecture."""
+
+    strategy: MergeStrategy = Field(default=MergeStrategy.SOUP, description="Default: soup.")
+    base_uri: Uri | None = Field(
+        default=None,
+        description="The common starting point; needed by task-arithmetic, ties, breadcrumbs.",
+    )
+    density: float = Field(
+        default=1.0, gt=0, le=1, description="Share of task-vector entries kept. Default: 1."
+    )
+    scale: float = Field(default=1.0, gt=0, le=10, description="Task-vector scale. Default: 1.")
+
+
+class TokenAlignment(StrEnum):
+    MINIMUM_EDIT = "minimum-edit"
+    EXACT = "exact"
+
+
+class Distill(ApiModel):
+    """Distillation across vocabularies (FuseLLM-style), optionally followed by DPO."""
+
+    alignment: TokenAlignment = Field(
+        default=TokenAlignment.MINIMUM_EDIT,
+        description="How source tokens map to target tokens. Default: minimum-edit.",
+    )
+    temperature: float = Field(default=1.0, gt=0, le=100, description="Default: 1.")
+    top_k: int = Field(default=10, ge=1, le=1024, description="Source logits kept per token.")
+    preference_optimization: bool = Field(
+        default=False, description="Run DPO after distillation. Default: false."
+    )
+
+
+DomainName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+
+
+class SyntheticData(ApiModel):
+    """Samples generated over a set of domains instead of a fixed dataset."""
+
+    domains: list[DomainName] = Field(
+        min_length=1, max_length=256, description="Domains to generate for, e.g. math, code."
+    )
+    samples: int = Field(default=1000, ge=1, le=10_000_000, description="Default: 1000.")
+
+
+class FusionData(ApiModel):
+    """Training data: a dataset URI or synthetic samples over domains; exactly one."""
+
+    uri: Uri | None = None
+    synthetic: SyntheticData | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.uri is None) == (self.synthetic is None):
+            raise ValueError("spec.data: set exactly one of uri or synthetic")
+        return self
+
+
+class SequenceParallelMode(StrEnum):
+    AUTO = "auto"
+    FIXED = "fixed"
+
+
+class SequenceParallel(ApiModel):
+    """How sequences are split across devices during training."""
+
+    mode: SequenceParallelMode = Field(
+        default=SequenceParallelMode.AUTO,
+        description="auto plans SP groups per step from sequence lengths; fixed uses degree.",
+    )
+    degree: int | None = Field(default=None, ge=1, le=1024, description="With mode=fixed.")
+
+    @model_validator(mode="after")
+    def _degree_with_fixed(self) -> Self:
+        if self.mode is SequenceParallelMode.FIXED and self.degree is None:
+            raise ValueError("spec.training.sequenceParallel.degree is required with mode=fixed")
+        return self
+
+
+class Training(ApiModel):
+    """Optimisation settings of the distillation run."""
+
+    epochs: int = Field(default=1, ge=1, le=1000, description="Default: 1.")
+    learning_rate: float = Field(default=2e-5, gt=0, le=1, description="Default: 2e-5.")
+    zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage.")
+    sequence_parallel: SequenceParallel = Field(default_factory=SequenceParallel)
+    max_seq_len: int = Field(default=4096, ge=16, le=1_048_576, description="Default: 4096.")
+
+
+class FusionJobSpec(ApiModel):
+    """The desired fusion run."""
+
+    sources: list[FusionSource] = Field(
+        min_length=1, max_length=16, description="The models to fuse, 1 to 16."
+    )
+    target: FusionTarget = Field(description="The model that receives the fused knowledge.")
+    method: FusionMethod = Field(default=FusionMethod.DISTILL, description="Default: distill.")
+    merge: Merge | None = Field(default=None, description="Settings with method=merge.")
+    distill: Distill = Field(default_factory=Distill, description="Settings with method=distill.")
+    data: FusionData | None = Field(default=None, description="Needed with method=distill.")
+    training: Training = Field(default_factory=Training)
+    resources: list[GpuRequest] = Field(
+        default_factory=lambda: [GpuRequest(gpu_type="cpu", count=0)],
+        min_length=1,
+        max_length=16,
+        description="GPUs the job may use, by type. Default: CPU only.",
+    )
+    output: Output = Field(description="Where the fused model is written.")
+
+    @model_validator(mode="after")
+    def _check_method(self) -> Self:
+        names = [source.name for source in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"spec.sources: names must be unique; got {names}")
+        if self.method is FusionMethod.MERGE:
+            merge = self.merge or Merge()
+            if merge.strategy is not MergeStrategy.SOUP and merge.base_uri is None:
+                raise ValueError(
+                    f"spec.merge.baseUri is required with strategy={merge.strategy.value}: "
+                    f"task vectors are differences from the common base model"
+                )
+        elif self.data is None:
+            raise ValueError("spec.data is required with method=distill (uri or synthetic)")
+        return self
+
+
+class FusionJobStatus(BaseStatus):
+    """What the operator observed of the run."""
+
+    progress: float = Field(default=0.0, ge=0, le=1, description="Share of the work done.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, max_length=32, description="Latest metrics, e.g. trainLoss."
+    )
+    artifacts: list[Artifact] = Field(
+        default_factory=list, max_length=64, description="What the job has produced."
+    )
+    workload: str = Field(default="", max_length=253, description="Name of the child workload.")

@@ -1,0 +1,157 @@
+"""ModelPool: LLM replicas on Ray Serve behind one OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import Field, StringConstraints, model_validator
+
+from modelfleet.api.common import ApiModel, BaseStatus, Name, StatusModel, Uri
+
+GpuTypeName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+
+
+class Engine(StrEnum):
+    VLLM = "vllm"
+    TORCH = "torch"
+
+
+class ServedModel(ApiModel):
+    """One model every replica of the pool serves."""
+
+    name: Name = Field(description="The model id clients pass as 'model'.")
+    uri: Uri
+    engine: Engine = Field(
+        default=Engine.TORCH, description="vllm on GPUs, torch on CPU. Default: torch."
+    )
+    max_model_len: int = Field(
+        default=2048, ge=16, le=1_048_576, description="Prompt + output tokens. Default: 2048."
+    )
+    tensor_parallel: int = Field(default=1, ge=1, le=16, description="GPUs per replica.")
+
+
+class GpuOffer(ApiModel):
+    """A GPU type the pool may use, with what it costs and how many can be had."""
+
+    name: GpuTypeName = Field(description="GPU product, e.g. H100, L4, or cpu.")
+    price_per_hour: float = Field(ge=0, le=1e5, description="Cost of one GPU for an hour.")
+    available: int = Field(default=8, ge=0, le=100000, description="At most this many. Default: 8.")
+
+
+class Slo(ApiModel):
+    """Latency objectives the autoscaler and the dispatcher keep."""
+
+    ttft_p95_ms: float = Field(
+        default=1000, gt=0, le=600_000, description="Time to first token, p95, ms."
+    )
+    tpot_p95_ms: float = Field(
+        default=100, gt=0, le=60_000, description="Time per output token, p95, ms."
+    )
+
+
+class AutoscalingPolicy(StrEnum):
+    NONE = "none"
+    SLO_COST = "slo-cost"
+
+
+class Autoscaling(ApiModel):
+    """How the replica count follows load, SLOs and cost."""
+
+    policy: AutoscalingPolicy = Field(
+        default=AutoscalingPolicy.NONE,
+        description="slo-cost picks replica counts and GPU types that meet the SLOs at least "
+        "cost, within [minReplicas, maxReplicas]; none keeps spec.replicas. Default: none.",
+    )
+    min_replicas: int = Field(default=1, ge=0, le=10000, description="Default: 1.")
+    max_replicas: int = Field(default=4, ge=1, le=10000, description="Default: 4.")
+    budget_per_hour: float | None = Field(
+        default=None, gt=0, le=1e7, description="Never spend more than this per hour."
+    )
+    scale_to_zero: bool = Field(default=False, description="Allow 0 replicas when idle.")
+    scale_down_delay_seconds: int = Field(
+        default=300, ge=0, le=86400, description="Quiet time before scaling down. Default: 300."
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"spec.autoscaling.minReplicas={self.min_replicas} exceeds "
+                f"maxReplicas={self.max_replicas}"
+            )
+        if self.min_replicas == 0 and not self.scale_to_zero:
+            raise ValueError("spec.autoscaling.minReplicas=0 needs scaleToZero: true")
+        return self
+
+
+class MigrationPolicy(StrEnum):
+    LOAD_BALANCE = "load-balance"
+    DEFRAGMENT = "defragment"
+    PRIORITY = "priority"
+
+
+class Migration(ApiModel):
+    """Live migration of running requests between replicas (after Llumnix)."""
+
+    enabled: bool = Field(default=True, description="Default: true.")
+    policy: MigrationPolicy = Field(default=MigrationPolicy.LOAD_BALANCE, description="Default.")
+    max_concurrent: int = Field(
+        default=2, ge=1, le=64, description="Migrations in flight per replica. Default: 2."
+    )
+
+
+class ModelPoolSpec(ApiModel):
+    """The desired serving pool."""
+
+    models: list[ServedModel] = Field(
+        min_length=1, max_length=16, description="Models served, 1 to 16."
+    )
+    replicas: int = Field(
+        default=1, ge=0, le=10000, description="Desired replicas (the scale subresource)."
+    )
+    gpu_types: list[GpuOffer] = Field(
+        default_factory=lambda: [GpuOffer(name="cpu", price_per_hour=0.0)],
+        min_length=1,
+        max_length=16,
+        description="GPU types the pool may use, with price and availability. Default: cpu.",
+    )
+    slo: Slo = Field(default_factory=Slo)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    migration: Migration = Field(default_factory=Migration)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Self:
+        for field, names in (
+            ("models", [m.name for m in self.models]),
+            ("gpuTypes", [g.name for g in self.gpu_types]),
+        ):
+            if len(set(names)) != len(names):
+                raise ValueError(f"spec.{field}: names must be unique; got {names}")
+        if sum(g.available for g in self.gpu_types) == 0:
+            raise ValueError("spec.gpuTypes: at least one type needs available > 0")
+        return self
+
+
+class ReplicaCount(StatusModel):
+    """Ready replicas of one model on one GPU type."""
+
+    gpu_type: str = Field(max_length=63, description="GPU product.")
+    model: str = Field(default="", max_length=63, description="Served model name.")
+    replicas: int = Field(ge=0, description="Ready replicas.")
+
+
+class ModelPoolStatus(BaseStatus):
+    """What the operator observed of the pool."""
+
+    replicas: int = Field(default=0, ge=0, description="Ready replicas (the scale subresource).")
+    replicas_by_gpu_type: list[ReplicaCount] = Field(
+        default_factory=list, max_length=256, description="Ready replicas by model and GPU type."
+    )
+    endpoint: str = Field(default="", max_length=2048, description="OpenAI-compatible base URL.")
+    slo_attainment: float | None = Field(
+        default=None, ge=0, le=1, description="Share of recent requests within both SLOs."
+    )
+    cost_per_hour: float = Field(default=0.0, ge=0, description="What the replicas cost now.")
+    migrations: int = Field(default=0, ge=0, description="Live migrations performed.")
+    workload: str = Field(default="", max_length=253, description="Name of the child workload.")

@@ -1,0 +1,1 @@
+"""Where workloads run: KubeRay objects on a cluster, or a local Ray."""

@@ -1,0 +1,40 @@
+"""The interface every backend implements, and the owner a workload belongs to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from modelfleet.core.workload import ApplyResult, Observation, Workload
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The custom resource a workload belongs to."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        """An ownerReference, so children are garbage-collected with their owner."""
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+class Backend(Protocol):
+    """Runs workloads. ``apply`` must be idempotent: it is repeated on every reconcile."""
+
+    name: str
+
+    def apply(self, owner: Owner, workload: Workload) -> ApplyResult: ...
+
+    def observe(self, owner: Owner, workload: Workload) -> Observation: ...

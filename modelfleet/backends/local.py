@@ -1,0 +1,47 @@
+"""The embedded default: workloads run on a Ray on this machine.
+
+A workload runs locally only when its runtime module ships in this install;
+until then the backend says which module is missing instead of pretending.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from modelfleet.backends.base import Owner
+from modelfleet.core.workload import ApplyResult, Observation, Workload, WorkloadState
+
+RUNTIME_NOT_AVAILABLE = "RuntimeNotAvailable"
+
+
+def runtime_available(entrypoint: str) -> bool:
+    """Whether the workload's runtime module can be imported here."""
+    try:
+        return importlib.util.find_spec(entrypoint) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class LocalBackend:
+    name = "local"
+
+    def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
+        """Nothing to start while the runtime is missing; the observation says so."""
+        return ApplyResult.SKIPPED
+
+    def observe(self, owner: Owner, workload: Workload) -> Observation:
+        if runtime_available(workload.entrypoint):
+            return Observation(
+                WorkloadState.UNAVAILABLE,
+                "LocalRunNotSupported",
+                f"{workload.entrypoint} is installed but the local backend cannot start "
+                f"{workload.kind.value} workloads yet; run the operator with --backend=kuberay",
+            )
+        return Observation(
+            WorkloadState.UNAVAILABLE,
+            RUNTIME_NOT_AVAILABLE,
+            f"the spec is valid and planned as {workload.kind.value} {workload.name} with "
+            f"{len(workload.worker_groups)} worker group(s), but its runtime "
+            f"({workload.entrypoint}) is not part of this release, so the local backend "
+            f"cannot run it yet",
+        )

@@ -1,0 +1,1 @@
+"""Pieces every domain and backend shares: conditions, workloads, names, TLS."""

@@ -1,0 +1,5 @@
+import sys
+
+from modelfleet.devcluster.cli import main
+
+sys.exit(main())

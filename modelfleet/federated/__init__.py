@@ -1,0 +1,1 @@
+"""Federated LoRA fine-tuning: planning, aggregation and the training runtime."""

@@ -1,0 +1,1 @@
+"""Knowledge fusion of heterogeneous LLMs: distillation and weight merging."""

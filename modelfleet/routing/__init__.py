@@ -1,0 +1,1 @@
+"""Routing requests across models: cost-of-pass, capability profiles, cascades."""

@@ -1,0 +1,111 @@
+"""Plan a ModelPool: which GPU types its replicas run on, and its status. Pure, no I/O."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from modelfleet.api.modelpool import GpuOffer, ModelPoolSpec, ModelPoolStatus, ReplicaCount
+from modelfleet.core.names import child_name
+from modelfleet.core.status import compute_workload_status
+from modelfleet.core.workload import (
+    Blocked,
+    Observation,
+    WorkerGroup,
+    Workload,
+    WorkloadKind,
+    worker_group_name,
+)
+
+ENTRYPOINT = "modelfleet.serving.app"
+CPU = "cpu"
+
+
+def gpus_per_replica(spec: ModelPoolSpec) -> int:
+    """Every replica hosts every model of the pool, each with its tensor-parallel GPUs."""
+    return sum(model.tensor_parallel for model in spec.models)
+
+
+def _capacity(offer: GpuOffer, gpus: int) -> int:
+    """Replicas an offer can hold: CPU offers count replicas, GPU offers count GPUs."""
+    return offer.available if offer.name == CPU else offer.available // gpus
+
+
+def assign_replicas(
+    replicas: int, offers: list[GpuOffer], gpus: int
+) -> dict[str, int] | Blocked:
+    """Place identical replicas on the cheapest GPU types first, within availability.
+
+    All replicas are alike, so filling the cheapest offer before the next is
+    the least-cost placement (an exchange argument: moving a replica to a
+    pricier type never lowers cost).
+    """
+    placed: dict[str, int] = {}
+    left = replicas
+    for offer in sorted(offers, key=lambda o: (o.price_per_hour, o.name)):
+        take = min(left, _capacity(offer, gpus))
+        if take:
+            placed[offer.name] = take
+            left -= take
+    if left:
+        room = sum(_capacity(o, gpus) for o in offers)
+        return Blocked(
+            "Unschedulable",
+            f"spec.replicas={replicas} needs {replicas * gpus} GPU(s) at {gpus} per replica, but "
+            f"spec.gpuTypes has room for {room} replica(s); add availability or lower replicas",
+        )
+    return placed
+
+
+def hourly_cost(placed: dict[str, int], offers: list[GpuOffer], gpus: int) -> float:
+    """What the placed replicas cost per hour (CPU replicas are priced per replica)."""
+    price = {offer.name: offer.price_per_hour for offer in offers}
+    return sum(
+        count * price[name] * (1 if name == CPU else gpus) for name, count in placed.items()
+    )
+
+
+def plan_modelpool(name: str, spec: ModelPoolSpec) -> Workload | Blocked:
+    """A Ray Serve service with one worker group per GPU type in use."""
+    gpus = gpus_per_replica(spec)
+    placed = assign_replicas(spec.replicas, spec.gpu_types, gpus)
+    if isinstance(placed, Blocked):
+        return placed
+    groups = tuple(
+        WorkerGroup(
+            name=worker_group_name(i, gpu_type),
+            gpu_type=gpu_type,
+            replicas=count,
+            gpus_per_worker=0 if gpu_type == CPU else gpus,
+        )
+        for i, (gpu_type, count) in enumerate(placed.items())
+    )
+    return Workload(
+        name=child_name(name, "serve"),
+        kind=WorkloadKind.SERVICE,
+        entrypoint=ENTRYPOINT,
+        config=spec.to_wire(),
+        worker_groups=groups,
+    )
+
+
+def compute_modelpool_status(
+    spec: ModelPoolSpec,
+    workload: Workload,
+    observation: Observation,
+    previous: ModelPoolStatus,
+    generation: int,
+    now: datetime,
+) -> ModelPoolStatus:
+    """Ready replicas by GPU type and what they cost, plus the usual conditions."""
+    ready = observation.ready_replicas
+    return compute_workload_status(
+        workload,
+        observation,
+        previous,
+        generation,
+        now,
+        replicas=sum(ready.values()),
+        replicas_by_gpu_type=[ReplicaCount(gpu_type=g, replicas=n) for g, n in sorted(ready.items())],
+        endpoint=observation.endpoint,
+        cost_per_hour=hourly_cost(ready, spec.gpu_types, gpus_per_replica(spec)),
+    )

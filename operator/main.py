@@ -1,0 +1,116 @@
+"""The modelfleet operator process: kopf settings, peering, probes, metrics, webhook.
+
+Run it as ``python operator/main.py --backend local`` against the cluster in
+$KUBECONFIG (or in-cluster credentials). Two replicas can run at once: kopf
+peering keeps one active and the other on standby.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    env = os.environ.get
+    parser.add_argument("--backend", choices=["local", "kuberay"], default=env("MODELFLEET_BACKEND", "kuberay"))
+    parser.add_argument("--namespace", action="append", default=[], help="watch only these (repeatable)")
+    parser.add_argument("--metrics-addr", default=env("MODELFLEET_METRICS_ADDR", "0.0.0.0"))
+    parser.add_argument("--metrics-port", type=int, default=int(env("MODELFLEET_METRICS_PORT", "8080")))
+    parser.add_argument(
+        "--webhook",
+        choices=["managed", "external", "off"],
+        default=env("MODELFLEET_WEBHOOK", "managed"),
+        help="managed: register the webhook configuration ourselves (local runs); "
+        "external: serve only, the chart registers it; off: no admission webhook",
+    )
+    parser.add_argument("--webhook-addr", default=env("MODELFLEET_WEBHOOK_ADDR", "127.0.0.1"))
+    parser.add_argument("--webhook-port", type=int, default=int(env("MODELFLEET_WEBHOOK_PORT", "9443")))
+    parser.add_argument("--webhook-cert", default=env("MODELFLEET_WEBHOOK_CERT"))
+    parser.add_argument("--webhook-key", default=env("MODELFLEET_WEBHOOK_KEY"))
+    parser.add_argument("--peering", default=env("MODELFLEET_PEERING", "modelfleet"))
+    parser.add_argument("--standalone", action="store_true", help="no peering: the only replica")
+    parser.add_argument("--priority", type=int, default=int(env("MODELFLEET_PRIORITY", "0")))
+    parser.add_argument("--runtime-image", default=env("MODELFLEET_RUNTIME_IMAGE", "modelfleet/runtime:0.1.0"))
+    parser.add_argument("--resync-seconds", type=float, default=float(env("MODELFLEET_RESYNC_SECONDS", "30")))
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Timers are registered at import, so their interval must be known before it.
+    os.environ["MODELFLEET_RESYNC_SECONDS"] = str(args.resync_seconds)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    import kopf
+    from kubernetes import client, config
+
+    import controllers.admission
+    import controllers.fedjob
+    import controllers.fusionjob
+    import controllers.modelpool
+    import controllers.routingpolicy  # noqa: F401  (registers handlers)
+    from controllers.context import OperatorContext, configure
+    from controllers.probes import serve_probes, ensure_peering
+    from modelfleet.backends.kuberay import KubeRayBackend
+    from modelfleet.backends.local import LocalBackend
+    from modelfleet.core import tls
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    api = client.ApiClient()
+    backend = LocalBackend() if args.backend == "local" else KubeRayBackend(api, args.runtime_image)
+    configure(OperatorContext(backend=backend, api=api))
+
+    @kopf.on.startup()
+    async def configure_operator(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelfleet.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="modelfleet.io", key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING
+        settings.execution.max_workers = 8
+        settings.watching.server_timeout = 300
+        settings.peering.priority = args.priority
+        if args.webhook != "off":
+            cert, key = args.webhook_cert, args.webhook_key
+            if not cert:
+                directory = Path(tempfile.mkdtemp(prefix="modelfleet-webhook-"))
+                ca = tls.create_ca(directory, "modelfleet-webhook-ca")
+                pair = tls.issue(ca, directory, "webhook", args.webhook_addr, [args.webhook_addr, "localhost"])
+                cert, key, cafile = str(pair.cert), str(pair.key), str(ca.cert)
+            else:
+                cafile = cert
+            settings.admission.server = kopf.WebhookServer(
+                addr=args.webhook_addr, port=args.webhook_port, host=args.webhook_addr,
+                certfile=cert, pkeyfile=key, cafile=cafile,
+            )
+            if args.webhook == "managed":
+                settings.admission.managed = "validate.modelfleet.io"
+        await serve_probes(args.metrics_addr, args.metrics_port)
+        if not args.standalone:
+            ensure_peering(api, args.peering)
+
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=args.standalone,
+        peering_name=None if args.standalone else args.peering,
+        priority=args.priority,
+    )
+
+
+if __name__ == "__main__":
+    main()
