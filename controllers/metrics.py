@@ -24,9 +24,13 @@ RESOURCES = Gauge(
     "modelfleet_resources", "Resources by kind and Ready condition status.", ["kind", "ready"]
 )
 ADMISSION_REVIEWS = Counter(
-    "modelfleet_admission_reviews_total", "Admission reviews by kind and verdict.", ["kind", "allowed"]
+    "modelfleet_admission_reviews_total",
+    "Admission reviews by kind and verdict.",
+    ["kind", "allowed"],
 )
-EVENTS = Counter("modelfleet_events_total", "Events emitted, by kind and reason.", ["kind", "reason"])
+EVENTS = Counter(
+    "modelfleet_events_total", "Events emitted, by kind and reason.", ["kind", "reason"]
+)
 
 
 class ReadinessBook:

@@ -53,7 +53,7 @@ class Decision:
     events: list[Event] = field(default_factory=list)
 
 
-Decide = Callable[[Any, BaseStatus, Owner, int, datetime], Decision]
+Decide = Callable[[Any, Any, Owner, int, datetime], Decision]
 
 
 def owner_of(info: KindInfo, body: kopf.Body) -> Owner:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 
@@ -30,8 +30,10 @@ def _view(pool: dict[str, Any]) -> PoolView:
 
 def observe_pools(namespace: str) -> dict[str, PoolView]:
     """Every ModelPool in the namespace, as the policy needs to see it."""
-    listing = client.CustomObjectsApi(current().api).list_namespaced_custom_object(
-        POOLS.group, POOLS.version, namespace, POOLS.plural
+    api = client.CustomObjectsApi(current().api)
+    listing = cast(
+        dict[str, Any],
+        api.list_namespaced_custom_object(POOLS.group, POOLS.version, namespace, POOLS.plural),
     )
     views = [_view(item) for item in listing.get("items", [])]
     return {view.name: view for view in views}

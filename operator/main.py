@@ -19,10 +19,16 @@ from typing import Any
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     env = os.environ.get
-    parser.add_argument("--backend", choices=["local", "kuberay"], default=env("MODELFLEET_BACKEND", "kuberay"))
-    parser.add_argument("--namespace", action="append", default=[], help="watch only these (repeatable)")
+    parser.add_argument(
+        "--backend", choices=["local", "kuberay"], default=env("MODELFLEET_BACKEND", "kuberay")
+    )
+    parser.add_argument(
+        "--namespace", action="append", default=[], help="watch only these (repeatable)"
+    )
     parser.add_argument("--metrics-addr", default=env("MODELFLEET_METRICS_ADDR", "0.0.0.0"))
-    parser.add_argument("--metrics-port", type=int, default=int(env("MODELFLEET_METRICS_PORT", "8080")))
+    parser.add_argument(
+        "--metrics-port", type=int, default=int(env("MODELFLEET_METRICS_PORT", "8080"))
+    )
     parser.add_argument(
         "--webhook",
         choices=["managed", "external", "off"],
@@ -31,14 +37,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "external: serve only, the chart registers it; off: no admission webhook",
     )
     parser.add_argument("--webhook-addr", default=env("MODELFLEET_WEBHOOK_ADDR", "127.0.0.1"))
-    parser.add_argument("--webhook-port", type=int, default=int(env("MODELFLEET_WEBHOOK_PORT", "9443")))
+    parser.add_argument(
+        "--webhook-port", type=int, default=int(env("MODELFLEET_WEBHOOK_PORT", "9443"))
+    )
     parser.add_argument("--webhook-cert", default=env("MODELFLEET_WEBHOOK_CERT"))
     parser.add_argument("--webhook-key", default=env("MODELFLEET_WEBHOOK_KEY"))
     parser.add_argument("--peering", default=env("MODELFLEET_PEERING", "modelfleet"))
     parser.add_argument("--standalone", action="store_true", help="no peering: the only replica")
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=int(env("MODELFLEET_PEERING_LIFETIME", "60")),
+        help="seconds after which a silent peer is considered gone",
+    )
     parser.add_argument("--priority", type=int, default=int(env("MODELFLEET_PRIORITY", "0")))
-    parser.add_argument("--runtime-image", default=env("MODELFLEET_RUNTIME_IMAGE", "modelfleet/runtime:0.1.0"))
-    parser.add_argument("--resync-seconds", type=float, default=float(env("MODELFLEET_RESYNC_SECONDS", "30")))
+    parser.add_argument(
+        "--runtime-image", default=env("MODELFLEET_RUNTIME_IMAGE", "modelfleet/runtime:0.1.0")
+    )
+    parser.add_argument(
+        "--resync-seconds", type=float, default=float(env("MODELFLEET_RESYNC_SECONDS", "30"))
+    )
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -55,16 +73,18 @@ def main(argv: list[str] | None = None) -> None:
     import kopf
     from kubernetes import client, config
 
-    import controllers.admission
     import controllers.fedjob
     import controllers.fusionjob
     import controllers.modelpool
-    import controllers.routingpolicy  # noqa: F401  (registers handlers)
+    import controllers.routingpolicy
     from controllers.context import OperatorContext, configure
-    from controllers.probes import serve_probes, ensure_peering
+    from controllers.probes import ensure_peering, serve_probes
     from modelfleet.backends.kuberay import KubeRayBackend
     from modelfleet.backends.local import LocalBackend
     from modelfleet.core import tls
+
+    if args.webhook != "off":
+        import controllers.admission  # noqa: F401  (registers the validating handlers)
 
     try:
         config.load_incluster_config()
@@ -76,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
 
     @kopf.on.startup()
     async def configure_operator(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelfleet.io")
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="modelfleet.io"
+        )
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="modelfleet.io", key="last-handled-configuration"
         )
@@ -84,18 +106,25 @@ def main(argv: list[str] | None = None) -> None:
         settings.execution.max_workers = 8
         settings.watching.server_timeout = 300
         settings.peering.priority = args.priority
+        settings.peering.lifetime = args.peering_lifetime
         if args.webhook != "off":
             cert, key = args.webhook_cert, args.webhook_key
             if not cert:
                 directory = Path(tempfile.mkdtemp(prefix="modelfleet-webhook-"))
                 ca = tls.create_ca(directory, "modelfleet-webhook-ca")
-                pair = tls.issue(ca, directory, "webhook", args.webhook_addr, [args.webhook_addr, "localhost"])
+                pair = tls.issue(
+                    ca, directory, "webhook", args.webhook_addr, [args.webhook_addr, "localhost"]
+                )
                 cert, key, cafile = str(pair.cert), str(pair.key), str(ca.cert)
             else:
                 cafile = cert
             settings.admission.server = kopf.WebhookServer(
-                addr=args.webhook_addr, port=args.webhook_port, host=args.webhook_addr,
-                certfile=cert, pkeyfile=key, cafile=cafile,
+                addr=args.webhook_addr,
+                port=args.webhook_port,
+                host=args.webhook_addr,
+                certfile=cert,
+                pkeyfile=key,
+                cafile=cafile,
             )
             if args.webhook == "managed":
                 settings.admission.managed = "validate.modelfleet.io"

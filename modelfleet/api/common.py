@@ -49,7 +49,8 @@ class ApiModel(BaseModel):
 
     model_config = ConfigDict(
         alias_generator=to_camel,
-        populate_by_name=True,
+        validate_by_name=True,
+        validate_by_alias=True,
         extra="forbid",
         validate_default=True,
     )
@@ -108,9 +109,7 @@ class Condition(StatusModel):
         description="A CamelCase word a program can switch on, e.g. InvalidSpec.",
     )
     message: str = Field(default="", max_length=32768, description="What a person should know.")
-    last_transition_time: datetime = Field(
-        description="When status last changed (RFC 3339)."
-    )
+    last_transition_time: datetime = Field(description="When status last changed (RFC 3339).")
     observed_generation: int = Field(
         default=0, ge=0, description="The .metadata.generation this condition was computed for."
     )

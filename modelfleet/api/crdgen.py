@@ -115,7 +115,10 @@ def build_crd(info: KindInfo) -> Schema:
         "description": info.description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "The API version, modelfleet.io/v1alpha1."},
+            "apiVersion": {
+                "type": "string",
+                "description": "The API version, modelfleet.io/v1alpha1.",
+            },
             "kind": {"type": "string", "description": f"Always {info.kind}."},
             "metadata": {"type": "object"},
             "spec": model_schema(info.spec_model, "validation"),
@@ -181,7 +184,8 @@ def _peering_crd(kind: str, plural: str, scope: str) -> Schema:
 def render_all() -> dict[str, str]:
     """File name -> YAML text for every CRD modelfleet installs."""
     files = {
-        f"{info.group}_{info.plural}.yaml": HEADER + yaml.safe_dump(build_crd(info), sort_keys=False)
+        f"{info.group}_{info.plural}.yaml": HEADER
+        + yaml.safe_dump(build_crd(info), sort_keys=False)
         for info in KINDS
     }
     peering = [

@@ -100,8 +100,12 @@ class RoutingPolicySpec(ApiModel):
             raise ValueError(f"spec.targets: names must be unique; got {names}")
         known = set(names)
         referenced = [("spec.fallback", self.fallback)] if self.fallback else []
-        referenced += [("spec.capabilityProfiles.target", p.target) for p in self.capability_profiles]
-        referenced += [("spec.cascade.order", n) for n in (self.cascade.order if self.cascade else [])]
+        referenced += [
+            ("spec.capabilityProfiles.target", p.target) for p in self.capability_profiles
+        ]
+        referenced += [
+            ("spec.cascade.order", n) for n in (self.cascade.order if self.cascade else [])
+        ]
         for field, name in referenced:
             if name not in known:
                 raise ValueError(f"{field}: '{name}' is not one of spec.targets {names}")

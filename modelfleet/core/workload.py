@@ -78,15 +78,17 @@ def worker_group_name(index: int, gpu_type: str) -> str:
     return f"g{index}-{slug}"[:40]
 
 
-def group_workers(
-    requests: list[tuple[str, int, tuple[tuple[str, str], ...]]],
-) -> tuple[WorkerGroup, ...]:
+WorkerRequest = tuple[str, int, tuple[tuple[str, str], ...]]
+"""One worker's (GPU type, GPUs, node selector)."""
+
+
+def group_workers(requests: list[WorkerRequest]) -> tuple[WorkerGroup, ...]:
     """Collapse per-worker (gpu type, gpus, node selector) requests into worker groups.
 
     One KubeRay worker group per distinct request keeps the number of groups
     bounded by the variety of hardware, not by the number of workers.
     """
-    counts: dict[tuple[str, int, tuple[tuple[str, str], ...]], int] = {}
+    counts: dict[WorkerRequest, int] = {}
     for request in requests:
         counts[request] = counts.get(request, 0) + 1
     return tuple(

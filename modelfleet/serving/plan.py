@@ -25,23 +25,26 @@ def gpus_per_replica(spec: ModelPoolSpec) -> int:
     return sum(model.tensor_parallel for model in spec.models)
 
 
+def _units(offer_name: str, gpus: int) -> int:
+    """Priced units one replica takes: CPU offers are priced per replica, GPU offers per GPU."""
+    return 1 if offer_name == CPU else gpus
+
+
 def _capacity(offer: GpuOffer, gpus: int) -> int:
-    """Replicas an offer can hold: CPU offers count replicas, GPU offers count GPUs."""
-    return offer.available if offer.name == CPU else offer.available // gpus
+    """Replicas an offer can hold."""
+    return offer.available // _units(offer.name, gpus)
 
 
-def assign_replicas(
-    replicas: int, offers: list[GpuOffer], gpus: int
-) -> dict[str, int] | Blocked:
-    """Place identical replicas on the cheapest GPU types first, within availability.
+def assign_replicas(replicas: int, offers: list[GpuOffer], gpus: int) -> dict[str, int] | Blocked:
+    """Place identical replicas on the types cheapest per replica first, within availability.
 
-    All replicas are alike, so filling the cheapest offer before the next is
-    the least-cost placement (an exchange argument: moving a replica to a
-    pricier type never lowers cost).
+    All replicas are alike, so filling the offer with the lowest cost per
+    replica before the next is the least-cost placement (an exchange argument:
+    moving a replica to a pricier offer never lowers cost).
     """
     placed: dict[str, int] = {}
     left = replicas
-    for offer in sorted(offers, key=lambda o: (o.price_per_hour, o.name)):
+    for offer in sorted(offers, key=lambda o: (o.price_per_hour * _units(o.name, gpus), o.name)):
         take = min(left, _capacity(offer, gpus))
         if take:
             placed[offer.name] = take
@@ -59,9 +62,7 @@ def assign_replicas(
 def hourly_cost(placed: dict[str, int], offers: list[GpuOffer], gpus: int) -> float:
     """What the placed replicas cost per hour (CPU replicas are priced per replica)."""
     price = {offer.name: offer.price_per_hour for offer in offers}
-    return sum(
-        count * price[name] * (1 if name == CPU else gpus) for name, count in placed.items()
-    )
+    return sum(count * price[name] * (1 if name == CPU else gpus) for name, count in placed.items())
 
 
 def plan_modelpool(name: str, spec: ModelPoolSpec) -> Workload | Blocked:
@@ -105,7 +106,9 @@ def compute_modelpool_status(
         generation,
         now,
         replicas=sum(ready.values()),
-        replicas_by_gpu_type=[ReplicaCount(gpu_type=g, replicas=n) for g, n in sorted(ready.items())],
+        replicas_by_gpu_type=[
+            ReplicaCount(gpu_type=g, replicas=n) for g, n in sorted(ready.items())
+        ],
         endpoint=observation.endpoint,
         cost_per_hour=hourly_cost(ready, spec.gpu_types, gpus_per_replica(spec)),
     )

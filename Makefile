@@ -1,0 +1,49 @@
+# modelfleet developer commands. `make demo` and `make test` are the contract:
+# both install everything they need on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv provision crds check-crds lint test test-fast demo demo-down bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# The CPU build of torch first, so nothing pulls a multi-GB CUDA build.
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+provision:
+	bash hack/provision.sh >/dev/null
+
+crds: venv
+	$(PY) -m modelfleet.api.crdgen crds
+
+check-crds: venv
+	$(PY) -m modelfleet.api.crdgen --check crds
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy modelfleet controllers
+	$(VENV)/bin/lint-imports
+
+test: venv provision check-crds lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: venv provision
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: venv provision
+	$(PY) hack/demo.py
+
+demo-down: venv
+	$(PY) hack/demo.py --down
+
+bench: venv provision
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: demo-down
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

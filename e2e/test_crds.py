@@ -1,0 +1,68 @@
+"""What kubectl users see of the generated CRDs on a real API server (no operator)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from e2e.conftest import ROOT, Kube, namespace, wait_for
+
+pytestmark = pytest.mark.envtest
+
+
+@pytest.fixture(scope="module")
+def ux(kube: Kube) -> str:
+    name = namespace(kube, "ux")
+    kube("apply", "-n", name, "-f", str(ROOT / "examples"))
+    return name
+
+
+def test_category_lists_all_four_kinds(kube: Kube, ux: str) -> None:
+    out = kube("get", "modelfleet", "-n", ux)
+    for name in (
+        "fedjob.modelfleet.io/clinical-notes",
+        "fusionjob.modelfleet.io/fuse-chat",
+        "modelpool.modelfleet.io/chat",
+        "routingpolicy.modelfleet.io/chat-router",
+    ):
+        assert name in out
+
+
+def test_printer_columns_and_short_names(kube: Kube, ux: str) -> None:
+    header = kube("get", "fj", "-n", ux).splitlines()[0].split()
+    assert header == ["NAME", "READY", "REASON", "ROUND", "ROUNDS", "AGE"]
+    assert kube("get", "fj", "-n", ux).splitlines()[1].split()[1] == "20"
+    wide = kube("get", "mp", "-n", ux, "-o", "wide").splitlines()[0].split()
+    assert wide[:5] == ["NAME", "READY", "REASON", "REPLICAS", "DESIRED"] and "ENDPOINT" in wide
+    assert kube("get", "rp", "-n", ux).splitlines()[0].split()[3] == "STRATEGY"
+    assert "fuse-chat" in kube("get", "fuj", "-n", ux)
+
+
+def test_explain_shows_field_docs(kube: Kube) -> None:
+    text = wait_for(
+        lambda: (
+            (out := kube("explain", "fedjob.spec.clients", check=False))
+            and "participants" in out
+            and out
+        ),
+        timeout=60,
+        what="OpenAPI publication of the CRD",
+    )
+    assert "datasetUri" in text and "rank" in text
+
+
+def test_scale_subresource(kube: Kube, ux: str) -> None:
+    kube("scale", "modelpool", "chat", "-n", ux, "--replicas", "3")
+    assert kube.get("modelpool", "chat", "-n", ux)["spec"]["replicas"] == 3
+    path = f"/apis/modelfleet.io/v1alpha1/namespaces/{ux}/modelpools/chat/scale"
+    scale = json.loads(kube("get", "--raw", path))
+    assert (scale["kind"], scale["spec"]["replicas"]) == ("Scale", 3)
+
+
+def test_schema_bounds_hold_without_the_webhook(kube: Kube, ux: str) -> None:
+    bad = (ROOT / "examples" / "fedjob.yaml").read_text().replace("rank: 16", "rank: 0")
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        kube("apply", "-n", ux, "-f", "-", stdin=bad.replace("clinical-notes", "zero-rank"))
+    assert "spec.clients.rank in body should be greater than or equal to 1" in caught.value.stderr

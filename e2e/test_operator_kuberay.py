@@ -1,0 +1,119 @@
+"""The operator rendering KubeRay children, deriving status from them, and surviving restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
+
+pytestmark = pytest.mark.envtest
+NS = "ray"
+
+
+@pytest.fixture(scope="module")
+def start(kube: Kube, start_operator: Callable[..., Operator]) -> Callable[[], Operator]:
+    namespace(kube, NS)
+    return lambda: start_operator(
+        "--backend=kuberay", "--standalone", "--webhook=off", f"--namespace={NS}"
+    )
+
+
+def _children(kube: Kube, plural: str) -> list[dict[str, object]]:
+    return list(kube.get(plural, "-n", NS)["items"])
+
+
+def _set_status(kube: Kube, resource: str, status: dict[str, object]) -> None:
+    patch = json.dumps({"status": status})
+    kube("patch", resource, "-n", NS, "--subresource=status", "--type=merge", "-p", patch)
+
+
+def test_missing_kuberay_is_reported(kube: Kube, start: Callable[[], Operator]) -> None:
+    operator = start()
+    kube("apply", "-n", NS, "-f", str(ROOT / "examples"))
+    ready = kube.wait_reason("fedjob/clinical-notes", NS, "KubeRayNotInstalled")
+    assert "install the KubeRay operator" in ready["message"]
+    operator.stop()
+
+
+def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) -> None:
+    kube("apply", "-f", str(ROOT / "e2e" / "fixtures" / "kuberay-crds.yaml"))
+    kube("wait", "--for=condition=Established", "crd/rayjobs.ray.io", "crd/rayservices.ray.io")
+    operator = start()
+    kube.wait_reason("fedjob/clinical-notes", NS, "RayJobStarting")
+    owner = kube.get("fedjob/clinical-notes", "-n", NS)
+    job = kube.get("rayjob/clinical-notes-fed", "-n", NS)
+    reference = job["metadata"]["ownerReferences"][0]
+    assert (reference["kind"], reference["uid"], reference["controller"]) == (
+        "FedJob",
+        owner["metadata"]["uid"],
+        True,
+    )
+    groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert [
+        g["template"]["spec"].get("nodeSelector", {}).get("nvidia.com/gpu.product") for g in groups
+    ] == [
+        "A100-80GB",
+        "L4",
+        None,
+    ]
+    assert kube.condition("fedjob/clinical-notes", NS, "Progressing")["status"] == "True"
+
+    _set_status(
+        kube,
+        "rayjob/clinical-notes-fed",
+        {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+    )
+    assert kube.wait_reason("fedjob/clinical-notes", NS, "Running")["status"] == "True"
+
+    kube.wait_reason("modelpool/chat", NS, "RayServiceStarting")
+    _set_status(kube, "rayservice/chat-serve", {"serviceStatus": "Running", "numServeEndpoints": 2})
+    kube.wait_reason("modelpool/chat", NS, "Serving")
+    pool = kube.get("modelpool/chat", "-n", NS)["status"]
+    assert pool["replicas"] == 2 and pool["endpoint"].startswith(
+        "http://chat-serve-serve-svc.ray.svc"
+    )
+    assert pool["replicasByGpuType"] == [{"gpuType": "cpu", "replicas": 2}]
+    assert kube.wait_reason("routingpolicy/chat-router", NS, "TargetsReady")["status"] == "True"
+
+    before = kube.get("rayservice/chat-serve", "-n", NS)["metadata"]["annotations"][
+        "modelfleet.io/spec-hash"
+    ]
+    kube("scale", "modelpool/chat", "-n", NS, "--replicas=5")
+    wait_for(
+        lambda: (
+            kube.get("rayservice/chat-serve", "-n", NS)["metadata"]["annotations"][
+                "modelfleet.io/spec-hash"
+            ]
+            != before
+        ),
+        30,
+        "the RayService to follow the scale",
+    )
+    groups = kube.get("rayservice/chat-serve", "-n", NS)["spec"]["rayClusterConfig"][
+        "workerGroupSpecs"
+    ]
+    assert [(g["groupName"], g["replicas"]) for g in groups] == [("g0-cpu", 4), ("g1-l4", 1)]
+
+    operator.stop(signal.SIGKILL)
+    restarted = start()
+    kube("annotate", "fedjob/clinical-notes", "-n", NS, "touched=after-restart")
+    wait_for(
+        lambda: restarted.process.poll() is None and "resync" in restarted.logs(), 60, "resyncs"
+    )
+    names = sorted(o["metadata"]["name"] for o in _children(kube, "rayjobs"))  # type: ignore[index]
+    assert names == ["clinical-notes-fed", "fuse-chat-fusion"]
+    assert [o["metadata"]["name"] for o in _children(kube, "rayservices")] == ["chat-serve"]  # type: ignore[index]
+    assert kube.condition("fedjob/clinical-notes", NS)["reason"] == "Running"
+
+
+def test_unsatisfiable_pool_is_unschedulable(kube: Kube) -> None:
+    pool = (ROOT / "examples" / "modelpool.yaml").read_text()
+    pool = pool.replace("name: chat\n", "name: huge\n").replace("replicas: 2", "replicas: 40")
+    kube("apply", "-n", NS, "-f", "-", stdin=pool)
+    ready = kube.wait_reason("modelpool/huge", NS, "Unschedulable")
+    assert "spec.replicas=40" in ready["message"] and "room for 16 replica(s)" in ready["message"]
+    assert "huge-serve" not in kube("get", "rayservices", "-n", NS, "-o", "name")

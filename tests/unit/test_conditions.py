@@ -1,0 +1,86 @@
+"""Conditions move their transition time only when their status flips."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modelfleet.api.common import ConditionStatus, ConditionType
+from modelfleet.api.fedjob import FedJobStatus
+from modelfleet.core.conditions import (
+    Verdict,
+    find_condition,
+    readiness_verdicts,
+    settle_conditions,
+)
+from modelfleet.core.status import (
+    blocked_verdicts,
+    invalid_spec_verdicts,
+    observation_verdicts,
+    settle_status,
+)
+from modelfleet.core.workload import Blocked, Observation, WorkloadState
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1 = T0 + timedelta(minutes=5)
+
+
+def test_same_status_keeps_transition_time_but_takes_new_reason() -> None:
+    first = settle_conditions([], readiness_verdicts(False, "A", "a", True, False), 1, T0)
+    second = settle_conditions(first, readiness_verdicts(False, "B", "b", True, False), 2, T1)
+    ready = find_condition(second, ConditionType.READY)
+    assert ready is not None
+    assert (ready.last_transition_time, ready.reason, ready.observed_generation) == (T0, "B", 2)
+
+
+def test_flip_moves_transition_time() -> None:
+    first = settle_conditions([], readiness_verdicts(False, "A", "", True, False), 1, T0)
+    second = settle_conditions(first, readiness_verdicts(True, "A", "", True, False), 1, T1)
+    ready = find_condition(second, ConditionType.READY)
+    assert ready is not None and ready.last_transition_time == T1
+
+
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.sampled_from(["A", "B"]), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_repeating_a_verdict_is_a_fixed_point(steps: list[tuple[bool, str, bool, bool]]) -> None:
+    conditions = []
+    for minutes, (ready, reason, progressing, degraded) in enumerate(steps):
+        verdicts = readiness_verdicts(ready, reason, "", progressing, degraded)
+        now = T0 + timedelta(minutes=minutes)
+        conditions = settle_conditions(conditions, verdicts, 1, now)
+        again = settle_conditions(conditions, verdicts, 1, now + timedelta(hours=1))
+        assert again == conditions
+        assert [c.type for c in conditions] == list(ConditionType)
+
+
+def test_observation_states_map_to_conditions() -> None:
+    def flags(state: WorkloadState) -> tuple[ConditionStatus, ...]:
+        return tuple(v.status for v in observation_verdicts(Observation(state, "R")))
+
+    t, f = ConditionStatus.TRUE, ConditionStatus.FALSE
+    assert flags(WorkloadState.RUNNING) == (t, t, f)
+    assert flags(WorkloadState.SUCCEEDED) == (t, f, f)
+    assert flags(WorkloadState.FAILED) == (f, f, t)
+    assert flags(WorkloadState.PENDING) == (f, t, f)
+    assert flags(WorkloadState.UNAVAILABLE) == (f, f, f)
+
+
+def test_blocked_and_invalid_are_not_ready_and_not_progressing() -> None:
+    for verdicts in (blocked_verdicts(Blocked("Unschedulable", "m")), invalid_spec_verdicts("m")):
+        assert [v.status for v in verdicts] == [ConditionStatus.FALSE] * 3
+    assert invalid_spec_verdicts("m")[0] == Verdict(
+        ConditionType.READY, ConditionStatus.FALSE, "InvalidSpec", "m"
+    )
+
+
+def test_settle_status_keeps_runtime_fields() -> None:
+    previous = FedJobStatus(round=7, metrics={"evalLoss": 1.5})
+    status = settle_status(previous, invalid_spec_verdicts("bad"), 3, T0)
+    assert (status.round, status.metrics, status.observed_generation) == (7, {"evalLoss": 1.5}, 3)

@@ -1,0 +1,174 @@
+"""Pure planners: replica placement vs brute force, workloads, routing status, names."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modelfleet.api.common import ConditionStatus
+from modelfleet.api.fedjob import FedJobSpec
+from modelfleet.api.fusionjob import FusionJobSpec
+from modelfleet.api.modelpool import GpuOffer, ModelPoolSpec, ModelPoolStatus
+from modelfleet.api.routingpolicy import RoutingPolicySpec, RoutingPolicyStatus
+from modelfleet.core.names import MAX_NAME, child_name
+from modelfleet.core.workload import Blocked, Observation, WorkloadKind, WorkloadState
+from modelfleet.federated.plan import SITE_LABEL, plan_fedjob
+from modelfleet.fusion.plan import plan_fusionjob
+from modelfleet.routing.plan import PoolView, compute_routingpolicy_status
+from modelfleet.serving.plan import (
+    assign_replicas,
+    compute_modelpool_status,
+    hourly_cost,
+    plan_modelpool,
+)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+offers = st.lists(
+    st.builds(
+        lambda name, price, available: GpuOffer(
+            name=name, price_per_hour=price, available=available
+        ),
+        st.sampled_from(["cpu", "L4", "A10G", "A100", "H100"]),
+        st.floats(0, 10, allow_nan=False),
+        st.integers(0, 6),
+    ),
+    min_size=1,
+    max_size=4,
+    unique_by=lambda o: o.name,
+)
+
+
+def _brute_force(replicas: int, pool: list[GpuOffer], gpus: int) -> float | None:
+    """Least cost over every way to split the replicas, or None if none fits."""
+    best = None
+    capacity = [o.available if o.name == "cpu" else o.available // gpus for o in pool]
+    for split in itertools.product(*(range(c + 1) for c in capacity)):
+        if sum(split) == replicas:
+            cost = hourly_cost(dict(zip([o.name for o in pool], split, strict=True)), pool, gpus)
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+@given(st.integers(0, 8), offers, st.integers(1, 3))
+def test_cheapest_first_is_optimal(replicas: int, pool: list[GpuOffer], gpus: int) -> None:
+    placed = assign_replicas(replicas, pool, gpus)
+    best = _brute_force(replicas, pool, gpus)
+    if best is None:
+        assert isinstance(placed, Blocked) and placed.reason == "Unschedulable"
+        assert f"spec.replicas={replicas}" in placed.message
+        return
+    assert not isinstance(placed, Blocked)
+    assert sum(placed.values()) == replicas
+    assert abs(hourly_cost(placed, pool, gpus) - best) < 1e-9
+
+
+def test_modelpool_plan_uses_the_cheapest_types() -> None:
+    spec = ModelPoolSpec.model_validate(
+        {
+            "models": [{"name": "m", "uri": "builtin://m", "tensorParallel": 2}],
+            "replicas": 3,
+            "gpuTypes": [
+                {"name": "H100", "pricePerHour": 4, "available": 8},
+                {"name": "L4", "pricePerHour": 1, "available": 4},
+            ],
+        }
+    )
+    workload = plan_modelpool("chat", spec)
+    assert not isinstance(workload, Blocked)
+    assert workload.kind is WorkloadKind.SERVICE and workload.name == "chat-serve"
+    assert [(g.gpu_type, g.replicas, g.gpus_per_worker) for g in workload.worker_groups] == [
+        ("L4", 2, 2),
+        ("H100", 1, 2),
+    ]
+    seen = Observation(WorkloadState.RUNNING, "Serving", ready_replicas={"L4": 2, "H100": 1})
+    status = compute_modelpool_status(spec, workload, seen, ModelPoolStatus(), 1, NOW)
+    assert (status.replicas, status.cost_per_hour) == (3, 2 * 2 * 1 + 1 * 2 * 4)
+    assert status.conditions[0].status is ConditionStatus.TRUE
+
+
+def test_fedjob_groups_clients_by_hardware_and_site() -> None:
+    spec = FedJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "builtin://m"},
+            "clients": [
+                {"name": f"c{i}", "datasetUri": "s3://d", "site": site, "resources": res}
+                for i, (site, res) in enumerate(
+                    [
+                        ("eu", {"gpuType": "L4", "gpus": 1}),
+                        ("eu", {"gpuType": "L4", "gpus": 1}),
+                        ("us", {"gpuType": "L4", "gpus": 1}),
+                        ("us", {"gpuType": "cpu"}),
+                    ]
+                )
+            ],
+            "output": {"uri": "s3://o"},
+        }
+    )
+    workload = plan_fedjob("job", spec)
+    assert workload.kind is WorkloadKind.JOB
+    groups = [(g.gpu_type, g.replicas, dict(g.node_selector)) for g in workload.worker_groups]
+    assert groups == [
+        ("L4", 2, {SITE_LABEL: "eu"}),
+        ("L4", 1, {SITE_LABEL: "us"}),
+        ("cpu", 1, {SITE_LABEL: "us"}),
+    ]
+    assert workload.config["clients"][0]["datasetUri"] == "s3://d"
+
+
+def test_fusionjob_one_worker_per_gpu() -> None:
+    spec = FusionJobSpec.model_validate(
+        {
+            "sources": [{"name": "a", "uri": "builtin://a"}],
+            "target": {"uri": "builtin://t"},
+            "method": "merge",
+            "resources": [{"gpuType": "H100", "count": 4}, {"gpuType": "cpu", "count": 0}],
+            "output": {"uri": "s3://o"},
+        }
+    )
+    groups = plan_fusionjob("f", spec).worker_groups
+    assert [(g.gpu_type, g.replicas, g.gpus_per_worker) for g in groups] == [
+        ("H100", 4, 1),
+        ("cpu", 1, 0),
+    ]
+
+
+def _routing(*targets: tuple[str, str, str]) -> RoutingPolicySpec:
+    return RoutingPolicySpec.model_validate(
+        {"targets": [{"name": n, "pool": p, "model": m} for n, p, m in targets]}
+    )
+
+
+def _route(spec: RoutingPolicySpec, pools: list[PoolView]) -> tuple[str, str, int]:
+    status = compute_routingpolicy_status(
+        spec, {p.name: p for p in pools}, RoutingPolicyStatus(), 1, NOW
+    )
+    ready = status.conditions[0]
+    return ready.status.value, ready.reason, status.ready_targets
+
+
+def test_routing_status_names_what_is_wrong() -> None:
+    spec = _routing(("small", "p1", "m"), ("big", "p2", "m"))
+    up, down = PoolView("p1", True, frozenset({"m"})), PoolView("p2", False, frozenset({"m"}))
+    assert _route(spec, [up]) == ("False", "TargetNotFound", 1)
+    assert _route(spec, [up, PoolView("p2", True, frozenset({"x"}))]) == (
+        "False",
+        "ModelNotInPool",
+        2,
+    )
+    assert _route(spec, [PoolView("p1", False, frozenset({"m"})), down]) == (
+        "False",
+        "TargetsNotReady",
+        0,
+    )
+    assert _route(spec, [up, down]) == ("True", "PartiallyReady", 1)
+    assert _route(spec, [up, PoolView("p2", True, frozenset({"m"}))]) == ("True", "TargetsReady", 2)
+
+
+@given(st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=63))
+def test_child_names_are_short_stable_and_distinct(owner: str) -> None:
+    name = child_name(owner, "serve")
+    assert len(name) <= MAX_NAME - 16 and name == child_name(owner, "serve")
+    assert name != child_name(owner + "x", "serve")
