@@ -1,0 +1,1 @@
+"""LLM serving engines for ModelPool replicas behind one engine interface."""
