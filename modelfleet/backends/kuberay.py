@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from kubernetes import client
@@ -132,7 +132,7 @@ def observe_rayjob(obj: dict[str, Any]) -> Observation:
     deployment = status.get("jobDeploymentStatus", "")
     job = status.get("jobStatus", "")
     message = status.get("message", "")
-    if job == "SUCCEEDED" or deployment == "Complete" and job not in ("FAILED", "STOPPED"):
+    if job == "SUCCEEDED" or (deployment == "Complete" and job not in ("FAILED", "STOPPED")):
         return Observation(WorkloadState.SUCCEEDED, "Succeeded", message or "the job finished")
     if deployment == "Failed" or job in ("FAILED", "STOPPED"):
         return Observation(WorkloadState.FAILED, "RayJobFailed", message or f"jobStatus={job}")
@@ -193,14 +193,14 @@ class KubeRayBackend:
 
     def _get(self, owner: Owner, workload: Workload) -> dict[str, Any] | None:
         try:
-            obj: dict[str, Any] = self._custom.get_namespaced_custom_object(
+            obj = self._custom.get_namespaced_custom_object(
                 GROUP, VERSION, owner.namespace, PLURALS[workload.kind], workload.name
             )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return obj
+        return cast(dict[str, Any], obj)
 
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
         if not self.installed():

@@ -1,4 +1,4 @@
-"""``python -m modelfleet.devcluster up|down --dir DIR``: a local control plane that outlives the command."""
+"""`python -m modelfleet.devcluster up|down`: a control plane that outlives the command."""
 
 from __future__ import annotations
 

@@ -132,7 +132,10 @@ class LocalCluster:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "local", "cluster": {"server": self.server, "certificate-authority": str(ca_cert)}}
+                {
+                    "name": "local",
+                    "cluster": {"server": self.server, "certificate-authority": str(ca_cert)},
+                }
             ],
             "users": [
                 {
@@ -161,7 +164,9 @@ class LocalCluster:
                     tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"{name} exited during start-up:\n{tail}")
             try:
-                with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=5) as r:
+                with urllib.request.urlopen(
+                    f"{self.server}/readyz", context=context, timeout=5
+                ) as r:
                     if r.status == 200:
                         return
             except OSError as error:

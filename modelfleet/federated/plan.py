@@ -27,4 +27,3 @@ def plan_fedjob(name: str, spec: FedJobSpec) -> Workload:
         config=spec.to_wire(),
         worker_groups=group_workers(requests),
     )
-

@@ -39,14 +39,12 @@ def compute_routingpolicy_status(
     ready = [t.name for t in spec.targets if t.pool in pools and pools[t.pool].ready]
     waiting = [t.name for t in spec.targets if t.name not in ready]
     if missing:
-        pool_names = sorted({t.pool for t in spec.targets if t.name in missing})
-        reason, message = "TargetNotFound", (
-            f"targets {missing} name ModelPools that do not exist in this namespace: {pool_names}"
-        )
+        pools_missing = sorted({t.pool for t in spec.targets if t.name in missing})
+        reason = "TargetNotFound"
+        message = f"targets {missing} name ModelPools not in this namespace: {pools_missing}"
     elif unknown:
-        reason, message = "ModelNotInPool", (
-            f"targets {unknown} name models their ModelPool does not serve"
-        )
+        reason = "ModelNotInPool"
+        message = f"targets {unknown} name models their ModelPool does not serve"
     elif not ready:
         reason, message = "TargetsNotReady", f"no target's ModelPool is Ready yet: {waiting}"
     elif waiting:
