@@ -12,8 +12,9 @@ from modelfleet.api.common import BaseStatus
 from modelfleet.backends.base import Owner
 from modelfleet.core.status import blocked_verdicts, compute_workload_status, settle_status
 from modelfleet.core.workload import ApplyResult, Blocked, Observation, Workload
+from modelfleet.scheduling.inventory import Inventory, InventoryError
 
-Planner = Callable[[str, Any], Workload | Blocked]
+Planner = Callable[[str, Any, Inventory | None], Workload | Blocked]
 StatusFn = Callable[[Any, Workload, Observation, Any, int, datetime], BaseStatus]
 
 APPLY_EVENTS = {
@@ -28,10 +29,13 @@ def decide_workload(plan: Planner, compute_status: StatusFn) -> Decide:
     def decide(
         spec: Any, previous: BaseStatus, owner: Owner, generation: int, now: datetime
     ) -> Decision:
-        planned = plan(owner.name, spec)
+        backend = current().backend
+        try:
+            planned = plan(owner.name, spec, backend.inventory())
+        except InventoryError as error:
+            planned = Blocked("InvalidNodeLabels", str(error))
         if isinstance(planned, Blocked):
             return Decision(settle_status(previous, blocked_verdicts(planned), generation, now))
-        backend = current().backend
         applied = backend.apply(owner, planned)
         observation = backend.observe(owner, planned)
         status = compute_status(spec, planned, observation, previous, generation, now)

@@ -9,14 +9,42 @@ from collections.abc import Callable
 import pytest
 
 from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
+from modelfleet.scheduling.inventory import describe_node
 
 pytestmark = pytest.mark.envtest
 NS = "ray"
 
 
+MIXED_CLUSTER = [
+    *(
+        describe_node(f"h100-a{i}", "NVIDIA-H100-80GB-HBM3", 8, "infiniband", "ib-a")
+        for i in range(2)
+    ),
+    *(
+        describe_node(f"h100-b{i}", "NVIDIA-H100-80GB-HBM3", 8, "infiniband", "ib-b")
+        for i in range(2)
+    ),
+    *(describe_node(f"a100-{i}", "NVIDIA-A100-SXM4-80GB", 8, "roce", "roce-1") for i in range(2)),
+    describe_node("l4-0", "NVIDIA-L4", 8),
+]
+
+
+def create_nodes(kube: Kube) -> None:
+    """Node objects modelling a heterogeneous cluster: two InfiniBand islands of H100,
+    a RoCE island of A100 and an Ethernet-only L4 node. No kubelet runs, so the GPU
+    count is given by the GPU feature discovery label rather than node status."""
+    for node in MIXED_CLUSTER:
+        labels = node["metadata"]["labels"]
+        labels["nvidia.com/gpu.count"] = node["status"]["capacity"]["nvidia.com/gpu"]
+        labels["kubernetes.io/hostname"] = node["metadata"]["name"]
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": node["metadata"]}
+        kube("apply", "-f", "-", stdin=json.dumps(body))
+
+
 @pytest.fixture(scope="module")
 def start(kube: Kube, start_operator: Callable[..., Operator]) -> Callable[[], Operator]:
     namespace(kube, NS)
+    create_nodes(kube)
     return lambda: start_operator(
         "--backend=kuberay", "--standalone", "--webhook=off", f"--namespace={NS}"
     )
@@ -117,3 +145,31 @@ def test_unsatisfiable_pool_is_unschedulable(kube: Kube) -> None:
     ready = kube.wait_reason("modelpool/huge", NS, "Unschedulable")
     assert "spec.replicas=40" in ready["message"] and "room for 16 replica(s)" in ready["message"]
     assert "huge-serve" not in kube("get", "rayservices", "-n", NS, "-o", "name")
+
+
+def test_fusion_training_is_placed_on_labelled_nodes(kube: Kube) -> None:
+    job = (
+        (ROOT / "examples" / "fusionjob.yaml")
+        .read_text()
+        .replace("name: fuse-chat", "name: placed")
+    )
+    architecture = "    architecture: {layers: 40, hiddenSize: 5120, parametersBillions: 13}\n"
+    job = job.replace("    family: tiny\n", "    family: tiny\n" + architecture)
+    kube("apply", "-n", NS, "-f", "-", stdin=job)
+    kube.wait_reason("fusionjob/placed", NS, "RayJobStarting")
+    placement = kube.get("fusionjob/placed", "-n", NS)["status"]["placement"]
+    assert placement["strategy"] == "nic-aware" and placement["expectedStepSeconds"] > 0
+    workers = kube.get("rayjob/placed-fusion", "-n", NS)["spec"]["rayClusterSpec"][
+        "workerGroupSpecs"
+    ]
+    pinned = sorted(
+        w["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] for w in workers
+    )
+    assert pinned == sorted(g["node"] for g in placement["groups"])
+    assert set(pinned) <= {"h100-a0", "h100-a1", "h100-b0", "h100-b1", "a100-0", "a100-1"}
+
+    huge = job.replace("name: placed", "name: too-big").replace(
+        "parametersBillions: 13", "parametersBillions: 900"
+    )
+    kube("apply", "-n", NS, "-f", "-", stdin=huge)
+    assert "GiB per GPU" in kube.wait_reason("fusionjob/too-big", NS, "Unschedulable")["message"]

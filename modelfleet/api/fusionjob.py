@@ -7,7 +7,15 @@ from typing import Annotated, Self
 
 from pydantic import Field, StringConstraints, model_validator
 
-from modelfleet.api.common import ApiModel, Artifact, BaseStatus, GpuRequest, Name, Uri
+from modelfleet.api.common import (
+    ApiModel,
+    Artifact,
+    BaseStatus,
+    GpuRequest,
+    Name,
+    StatusModel,
+    Uri,
+)
 from modelfleet.api.fedjob import ModelFamily, Output
 
 
@@ -21,11 +29,24 @@ class FusionSource(ApiModel):
     )
 
 
+class Architecture(ApiModel):
+    """The target's size: what training placement plans memory and compute for."""
+
+    layers: int = Field(ge=1, le=1024, description="Transformer layers.")
+    hidden_size: int = Field(ge=16, le=131072, description="Model width.")
+    parameters_billions: float = Field(gt=0, le=10000, description="Parameters, in billions.")
+
+
 class FusionTarget(ApiModel):
     """The model that receives the fused knowledge."""
 
     uri: Uri = Field(description="The model trained (distill) or the merge's architecture.")
     family: ModelFamily = Field(default=ModelFamily.LLAMA, description="Default: llama.")
+    architecture: Architecture | None = Field(
+        default=None,
+        description="Needed to place training on GPUs across nodes: with it the operator "
+        "picks tensor/pipeline/data/sequence-parallel degrees and nodes, NIC-aware.",
+    )
 
 
 class FusionMethod(StrEnum):
@@ -127,6 +148,21 @@ class Training(ApiModel):
     zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage.")
     sequence_parallel: SequenceParallel = Field(default_factory=SequenceParallel)
     max_seq_len: int = Field(default=4096, ge=16, le=1_048_576, description="Default: 4096.")
+    global_batch_size: int = Field(
+        default=64, ge=1, le=1_000_000, description="Sequences per optimiser step. Default: 64."
+    )
+    micro_batch_size: int = Field(
+        default=1, ge=1, le=1024, description="Sequences per pipeline micro-batch. Default: 1."
+    )
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> Self:
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"spec.training.globalBatchSize={self.global_batch_size} must be a multiple of "
+                f"microBatchSize={self.micro_batch_size}"
+            )
+        return self
 
 
 class FusionJobSpec(ApiModel):
@@ -166,6 +202,31 @@ class FusionJobSpec(ApiModel):
         return self
 
 
+class PlacementGroup(StatusModel):
+    """GPUs the plan uses on one node, and the pipeline layers they hold."""
+
+    node: str = Field(max_length=253, description="Node name.")
+    gpu_type: str = Field(max_length=63, description="GPU product.")
+    domain: str = Field(max_length=253, description="RDMA island, or the node if Ethernet-only.")
+    gpus: int = Field(ge=0, description="GPUs used on the node.")
+    stages: list[int] = Field(default_factory=list, max_length=1024, description="Stages held.")
+
+
+class PlacementSummary(StatusModel):
+    """The training layout the operator planned, and what it expects a step to cost."""
+
+    strategy: str = Field(max_length=63, description="How ranks were placed, e.g. nic-aware.")
+    layout: str = Field(max_length=63, description="Parallel degrees, e.g. tp8 pp2 dp1 sp1.")
+    gpus: int = Field(ge=0, description="GPUs in the layout.")
+    expected_step_seconds: float = Field(ge=0, description="Predicted time of one step.")
+    layers_per_stage: list[int] = Field(
+        default_factory=list, max_length=1024, description="Pipeline layers by stage."
+    )
+    groups: list[PlacementGroup] = Field(
+        default_factory=list, max_length=1024, description="Per-node assignment."
+    )
+
+
 class FusionJobStatus(BaseStatus):
     """What the operator observed of the run."""
 
@@ -177,3 +238,6 @@ class FusionJobStatus(BaseStatus):
         default_factory=list, max_length=64, description="What the job has produced."
     )
     workload: str = Field(default="", max_length=253, description="Name of the child workload.")
+    placement: PlacementSummary | None = Field(
+        default=None, description="The planned layout; absent for CPU-only jobs."
+    )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modelfleet.core.workload import ApplyResult, Observation, Workload
+from modelfleet.scheduling.inventory import Inventory
 
 
 @dataclass(frozen=True)
@@ -38,3 +39,7 @@ class Backend(Protocol):
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult: ...
 
     def observe(self, owner: Owner, workload: Workload) -> Observation: ...
+
+    def inventory(self) -> Inventory | None:
+        """The GPU nodes workloads can be placed on, or None where placement is moot."""
+        ...

@@ -24,12 +24,12 @@ from modelfleet.core.workload import (
     WorkloadKind,
     WorkloadState,
 )
+from modelfleet.scheduling.inventory import Inventory, read_inventory
 
 GROUP, VERSION = "ray.io", "v1"
 PLURALS = {WorkloadKind.JOB: "rayjobs", WorkloadKind.SERVICE: "rayservices"}
 KINDS = {WorkloadKind.JOB: "RayJob", WorkloadKind.SERVICE: "RayService"}
 HASH_ANNOTATION = "modelfleet.io/spec-hash"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 SERVE_PORT = 8000
 KUBERAY_NOT_INSTALLED = "KubeRayNotInstalled"
 
@@ -49,8 +49,6 @@ def _container(name: str, image: str, gpus: int, config: str) -> dict[str, Any]:
 
 def _worker_group(group: WorkerGroup, image: str, config: str) -> dict[str, Any]:
     selector = dict(group.node_selector)
-    if group.gpus_per_worker:
-        selector.setdefault(GPU_PRODUCT_LABEL, group.gpu_type)
     pod: dict[str, Any] = {
         "containers": [_container("ray-worker", image, group.gpus_per_worker, config)]
     }
@@ -180,9 +178,15 @@ class KubeRayBackend:
     name = "kuberay"
 
     def __init__(self, api: client.ApiClient, image: str) -> None:
+        self._core = client.CoreV1Api(api)
         self._custom = client.CustomObjectsApi(api)
         self._apis = client.ApisApi(api)
         self._image = image
+
+    def inventory(self) -> Inventory:
+        """The cluster's GPU nodes, read from their labels (see modelfleet.scheduling.inventory)."""
+        response: Any = self._core.list_node(_preload_content=False)
+        return read_inventory(json.loads(response.data)["items"])
 
     def installed(self) -> bool:
         """Whether the API server serves ray.io/v1 (the KubeRay CRDs)."""

@@ -10,6 +10,7 @@ import importlib.util
 
 from modelfleet.backends.base import Owner
 from modelfleet.core.workload import ApplyResult, Observation, Workload, WorkloadState
+from modelfleet.scheduling.inventory import Inventory
 
 RUNTIME_NOT_AVAILABLE = "RuntimeNotAvailable"
 
@@ -24,6 +25,10 @@ def runtime_available(entrypoint: str) -> bool:
 
 class LocalBackend:
     name = "local"
+
+    def inventory(self) -> Inventory | None:
+        """Everything runs on this machine: there are no nodes to choose between."""
+        return None
 
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
         """Nothing to start while the runtime is missing; the observation says so."""

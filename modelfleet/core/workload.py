@@ -11,6 +11,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+"""Set by NVIDIA GPU feature discovery on every GPU node."""
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+CPU = "cpu"
+"""The GPU type that means: no GPU."""
+
+
+def gpu_selector(gpu_type: str) -> tuple[tuple[str, str], ...]:
+    """The node selector that lands a worker on a GPU type (none for CPU workers)."""
+    return () if gpu_type == CPU else ((GPU_PRODUCT_LABEL, gpu_type),)
+
 
 class WorkloadKind(StrEnum):
     JOB = "job"

@@ -4,17 +4,47 @@ from __future__ import annotations
 
 from modelfleet.api.fedjob import FedJobSpec
 from modelfleet.core.names import child_name
-from modelfleet.core.workload import Workload, WorkloadKind, group_workers
+from modelfleet.core.workload import (
+    CPU,
+    Blocked,
+    Workload,
+    WorkloadKind,
+    gpu_selector,
+    group_workers,
+)
+from modelfleet.scheduling.inventory import Inventory, canonical_product
 
 ENTRYPOINT = "modelfleet.federated.runtime"
 SITE_LABEL = "modelfleet.io/site"
 
 
-def plan_fedjob(name: str, spec: FedJobSpec) -> Workload:
-    """One Ray job whose workers are grouped by the clients' hardware and site."""
+def find_unplaceable_client(spec: FedJobSpec, inventory: Inventory) -> Blocked | None:
+    """The first client whose GPUs no single node can provide, named with the numbers."""
+    for index, client in enumerate(spec.clients):
+        gpus, gpu_type = client.resources.gpus, client.resources.gpu_type
+        if gpu_type == CPU or gpus == 0:
+            continue
+        product = canonical_product(gpu_type)
+        largest = max((n.gpu_count for n in inventory.nodes if n.gpu.product == product), default=0)
+        if largest < gpus:
+            return Blocked(
+                "Unschedulable",
+                f"spec.clients[{index}] ({client.name}) needs {gpus} {gpu_type} GPU(s) on one "
+                f"node; the largest {gpu_type} node has {largest}",
+            )
+    return None
+
+
+def plan_fedjob(name: str, spec: FedJobSpec, inventory: Inventory | None) -> Workload | Blocked:
+    """One Ray job whose workers are grouped by the clients' hardware and site.
+
+    With the cluster's inventory, a client no node can host blocks the job up front
+    rather than leaving a worker pending forever."""
+    if inventory is not None and (blocked := find_unplaceable_client(spec, inventory)):
+        return blocked
     requests = []
     for client in spec.clients:
-        selector = dict(client.node_selector)
+        selector = dict(gpu_selector(client.resources.gpu_type)) | dict(client.node_selector)
         if client.site:
             selector.setdefault(SITE_LABEL, client.site)
         requests.append(

@@ -234,8 +234,9 @@ def time_all_to_all(nbytes_per_member: float, members: int, link: Link) -> float
     return link.seconds(nbytes_per_member * (members - 1) / members, messages=members - 1)
 
 
-def time_ulysses(model: ModelSpec, length: float, degree: int, link: Link,
-                    layer_fraction: float = 1.0) -> float:
+def time_ulysses(
+    model: ModelSpec, length: float, degree: int, link: Link, layer_fraction: float = 1.0
+) -> float:
     """Ulysses all-to-alls of one sequence: q, k, v, output forward and their gradients."""
     per_member = length / degree * model.hidden * model.bytes_per_value
     per_layer = 8 * time_all_to_all(per_member, degree, link)
@@ -266,8 +267,12 @@ def fit_compute(
     peak = gpu.tflops * 1e12
     features = np.array(
         [
-            [1.0, s.work.linear_flops / peak, s.work.attention_flops / peak,
-             s.work.hbm_bytes / (gpu.hbm_gbps * 1e9)]
+            [
+                1.0,
+                s.work.linear_flops / peak,
+                s.work.attention_flops / peak,
+                s.work.hbm_bytes / (gpu.hbm_gbps * 1e9),
+            ]
             for s in samples
         ]
     )

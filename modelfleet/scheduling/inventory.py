@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+from modelfleet.core.workload import GPU_PRODUCT_LABEL
+
 GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -215,6 +216,11 @@ def identify_product(product: str, memory_mib: float | None = None) -> str | Non
         if key in tokens:
             return key
     return None
+
+
+def canonical_product(gpu_type: str) -> str:
+    """The GPU_SPECS key for a GPU type as a user writes it, or the type itself if unknown."""
+    return identify_product(gpu_type) or gpu_type
 
 
 def _read_gpu_count(name: str, labels: Mapping[str, str], status: Mapping[str, Any]) -> int:

@@ -55,8 +55,10 @@ class IterationCost:
         m = self.model.global_batch // (layout.dp * self.model.micro_batch)
         parts = [self.stage_seconds(layout, s.devices, s.layers) for s in stages]
         stage_times = [sum(p) for p in parts]
-        hops = [2.0 * self.p2p_seconds(layout, a.devices, b.devices)
-                for a, b in itertools.pairwise(stages)]
+        hops = [
+            2.0 * self.p2p_seconds(layout, a.devices, b.devices)
+            for a, b in itertools.pairwise(stages)
+        ]
         slowest = max(range(len(stages)), key=lambda s: stage_times[s])
         bottleneck = max([stage_times[slowest], *hops])
         pipeline = (m - 1) * bottleneck + sum(stage_times) + sum(hops)
@@ -76,8 +78,12 @@ class IterationCost:
         compute = compute_seconds(work.scaled(model.micro_batch), gpu, self.coefficients)
         groups = list_collective_groups(layout, devices)
         activation = tokens / layout.sp * model.hidden * model.bytes_per_value
-        tp = 4 * layers * self.collective_seconds(
-            groups["tp"], lambda link, n: time_allreduce(activation, n, link)
+        tp = (
+            4
+            * layers
+            * self.collective_seconds(
+                groups["tp"], lambda link, n: time_allreduce(activation, n, link)
+            )
         )
         sp = self.collective_seconds(
             groups["sp"], lambda link, n: time_ulysses(model, tokens, n, link, fraction)
@@ -111,13 +117,19 @@ class IterationCost:
             worst = max(worst, cost(link, len(group)))
         return worst
 
-    def p2p_seconds(self, layout: Layout, sender: Sequence[Device],
-                    receiver: Sequence[Device]) -> float:
+    def p2p_seconds(
+        self, layout: Layout, sender: Sequence[Device], receiver: Sequence[Device]
+    ) -> float:
         """Activations of one micro-batch from every rank to its peer in the next stage;
         transfers between the same pair of nodes share the link."""
         model = self.model
-        per_rank = (model.micro_batch * model.seq_len / (layout.sp * layout.tp)
-                    * model.hidden * model.bytes_per_value)
+        per_rank = (
+            model.micro_batch
+            * model.seq_len
+            / (layout.sp * layout.tp)
+            * model.hidden
+            * model.bytes_per_value
+        )
         per_pair: dict[tuple[str, str], tuple[Link, float]] = {}
         for a, b in zip(sender, receiver, strict=True):
             key = (a.node.name, b.node.name)
@@ -137,8 +149,7 @@ class IterationCost:
         model = self.model
         in_flight = min(layout.pp - stage, micro_batches)
         activations = model.activation_bytes(model.micro_batch * model.seq_len, layers=1)
-        return (model.state_bytes(1) / layout.tp
-                + in_flight * activations / (layout.tp * layout.sp))
+        return model.state_bytes(1) / layout.tp + in_flight * activations / (layout.tp * layout.sp)
 
     def even_need_gib(self, layout: Layout) -> float:
         """Per-GPU memory of the first (most loaded) stage with layers split evenly."""

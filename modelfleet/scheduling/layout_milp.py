@@ -48,8 +48,9 @@ class LayoutProblem:
     def max_groups(self, group_type: int) -> int:
         """Groups of a type that could ever be useful: bounded by devices and sequences."""
         fitting = int(self.counts[np.isfinite(self.times[:, group_type])].sum())
-        return min(int(self.capacities[self.pools[group_type]] // self.degrees[group_type]),
-                   fitting)
+        return min(
+            int(self.capacities[self.pools[group_type]] // self.degrees[group_type]), fitting
+        )
 
 
 @dataclass(frozen=True)

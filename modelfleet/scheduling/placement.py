@@ -203,8 +203,10 @@ class _Planner:
     ) -> Placement | None:
         micro_batches = self.cost.model.global_batch // (layout.dp * self.cost.model.micro_batch)
         per_layer = [self.cost.stage_seconds(layout, devs, 1) for devs in stage_devices]
-        caps = [self.cost.layer_cap(layout, devs, s, micro_batches)
-                for s, devs in enumerate(stage_devices)]
+        caps = [
+            self.cost.layer_cap(layout, devs, s, micro_batches)
+            for s, devs in enumerate(stage_devices)
+        ]
         try:
             counts = allocate_layers([sum(p) for p in per_layer], caps, self.cost.model.layers)
         except ValueError:

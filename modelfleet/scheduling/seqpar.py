@@ -165,11 +165,16 @@ def _build_layout_problem(
     chosen = [setup.types[i] for i in types]
     counts = np.bincount(bucket_of, minlength=len(representative)).astype(np.int64)
     fits = np.column_stack([representative <= t.max_length for t in chosen])
-    totals = np.column_stack([
-        np.bincount(bucket_of, weights=np.nan_to_num(step.times[:, i], posinf=0.0),
-                    minlength=len(representative))
-        for i in types
-    ])
+    totals = np.column_stack(
+        [
+            np.bincount(
+                bucket_of,
+                weights=np.nan_to_num(step.times[:, i], posinf=0.0),
+                minlength=len(representative),
+            )
+            for i in types
+        ]
+    )
     longest = np.column_stack([t.seconds(representative) for t in chosen])
     return LayoutProblem(
         counts=counts,
@@ -193,12 +198,13 @@ def _select_useful_types(setup: SeqParSetup, representative: FloatArray, bound: 
         fitting = [i for i in mine if (representative <= setup.types[i].max_length).any()]
         if not fitting:
             continue
-        longest = float(representative[representative <= setup.types[fitting[-1]].max_length]
-                        .max())
+        longest = float(representative[representative <= setup.types[fitting[-1]].max_length].max())
         enough = next(
-            (i for i in fitting
-             if longest <= setup.types[i].max_length
-             and setup.types[i].seconds(longest) <= bound),
+            (
+                i
+                for i in fitting
+                if longest <= setup.types[i].max_length and setup.types[i].seconds(longest) <= bound
+            ),
             fitting[-1],
         )
         cap = 2 * setup.types[enough].degree

@@ -73,8 +73,11 @@ def list_static_degrees(setup: SeqParSetup) -> list[int]:
 
 
 def plan_static_step(step: Step, setup: SeqParSetup, degree: int) -> SeqParPlan | None:
-    layout = {i: len(setup.pools[t.pool].devices) // degree
-              for i, t in enumerate(setup.types) if t.degree == degree}
+    layout = {
+        i: len(setup.pools[t.pool].devices) // degree
+        for i, t in enumerate(setup.types)
+        if t.degree == degree
+    }
     return assign_longest_first(step, setup, layout, f"static-{degree}")
 
 
@@ -93,15 +96,18 @@ def choose_greedy_layout(step: Step, setup: SeqParSetup) -> dict[int, int]:
         np.argmin(times, axis=1),
     )
     rows = np.arange(len(step.lengths))
-    work = np.bincount(chosen, weights=degrees[chosen] * times[rows, chosen],
-                       minlength=len(setup.types))
+    work = np.bincount(
+        chosen, weights=degrees[chosen] * times[rows, chosen], minlength=len(setup.types)
+    )
     layout = {
         int(i): max(1, math.ceil(work[i] / (degrees[i] * max(bound, 1e-12))))
         for i in np.flatnonzero(work)
     }
     for pool_index, pool in enumerate(setup.pools):
-        mine = sorted((i for i in layout if setup.types[i].pool == pool_index),
-                      key=lambda i: -setup.types[i].degree)
+        mine = sorted(
+            (i for i in layout if setup.types[i].pool == pool_index),
+            key=lambda i: -setup.types[i].degree,
+        )
 
         def used(members: list[int] = mine) -> int:
             return sum(layout[i] * setup.types[i].degree for i in members)
@@ -121,8 +127,7 @@ def fill_spare(setup: SeqParSetup, layout: dict[int, int]) -> dict[int, int]:
     """
     filled = dict(layout)
     for pool_index, pool in enumerate(setup.pools):
-        mine = {setup.types[i].degree: i for i, t in enumerate(setup.types)
-                if t.pool == pool_index}
+        mine = {setup.types[i].degree: i for i, t in enumerate(setup.types) if t.pool == pool_index}
         used = [setup.types[i].degree for i in layout if setup.types[i].pool == pool_index]
         spare = len(pool.devices) - sum(layout[mine[d]] * d for d in used)
         degree = min(used, default=1)

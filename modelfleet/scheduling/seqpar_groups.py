@@ -107,9 +107,7 @@ def prepare(
             in_node = all(size % degree == 0 for size in node_sizes)
             block = pool.devices[:degree]
             link = (
-                link_fn(block[0], block[0])
-                if in_node
-                else find_slowest_link(pool.devices, link_fn)
+                link_fn(block[0], block[0]) if in_node else find_slowest_link(pool.devices, link_fn)
             )
             gpu = pool.devices[0].node.gpu
             types.append(

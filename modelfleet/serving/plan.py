@@ -8,16 +8,17 @@ from modelfleet.api.modelpool import GpuOffer, ModelPoolSpec, ModelPoolStatus, R
 from modelfleet.core.names import child_name
 from modelfleet.core.status import compute_workload_status
 from modelfleet.core.workload import (
+    CPU,
     Blocked,
     Observation,
     WorkerGroup,
     Workload,
     WorkloadKind,
+    gpu_selector,
     worker_group_name,
 )
 
 ENTRYPOINT = "modelfleet.serving.app"
-CPU = "cpu"
 
 
 def gpus_per_replica(spec: ModelPoolSpec) -> int:
@@ -77,6 +78,7 @@ def plan_modelpool(name: str, spec: ModelPoolSpec) -> Workload | Blocked:
             gpu_type=gpu_type,
             replicas=count,
             gpus_per_worker=0 if gpu_type == CPU else gpus,
+            node_selector=gpu_selector(gpu_type),
         )
         for i, (gpu_type, count) in enumerate(placed.items())
     )

@@ -6,14 +6,19 @@ import yaml
 
 from modelfleet.backends.base import Owner
 from modelfleet.backends.kuberay import (
-    GPU_PRODUCT_LABEL,
     HASH_ANNOTATION,
     observe_rayjob,
     observe_rayservice,
     render,
 )
 from modelfleet.backends.local import RUNTIME_NOT_AVAILABLE, LocalBackend, runtime_available
-from modelfleet.core.workload import WorkerGroup, Workload, WorkloadKind, WorkloadState
+from modelfleet.core.workload import (
+    GPU_PRODUCT_LABEL,
+    WorkerGroup,
+    Workload,
+    WorkloadKind,
+    WorkloadState,
+)
 
 OWNER = Owner("modelfleet.io/v1alpha1", "FedJob", "job", "team-a", "uid-1")
 JOB = Workload(
@@ -22,7 +27,7 @@ JOB = Workload(
     "modelfleet.federated.runtime",
     {"rounds": 3},
     (
-        WorkerGroup("g0-l4", "L4", 2, 1, (("modelfleet.io/site", "eu"),)),
+        WorkerGroup("g0-l4", "L4", 2, 1, (("modelfleet.io/site", "eu"), (GPU_PRODUCT_LABEL, "L4"))),
         WorkerGroup("g1-cpu", "cpu", 1, 0),
     ),
 )

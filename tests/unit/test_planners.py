@@ -14,7 +14,13 @@ from modelfleet.api.fusionjob import FusionJobSpec
 from modelfleet.api.modelpool import GpuOffer, ModelPoolSpec, ModelPoolStatus
 from modelfleet.api.routingpolicy import RoutingPolicySpec, RoutingPolicyStatus
 from modelfleet.core.names import MAX_NAME, child_name
-from modelfleet.core.workload import Blocked, Observation, WorkloadKind, WorkloadState
+from modelfleet.core.workload import (
+    GPU_PRODUCT_LABEL,
+    Blocked,
+    Observation,
+    WorkloadKind,
+    WorkloadState,
+)
 from modelfleet.federated.plan import SITE_LABEL, plan_fedjob
 from modelfleet.fusion.plan import plan_fusionjob
 from modelfleet.routing.plan import PoolView, compute_routingpolicy_status
@@ -107,12 +113,14 @@ def test_fedjob_groups_clients_by_hardware_and_site() -> None:
             "output": {"uri": "s3://o"},
         }
     )
-    workload = plan_fedjob("job", spec)
+    workload = plan_fedjob("job", spec, None)
+    assert not isinstance(workload, Blocked)
     assert workload.kind is WorkloadKind.JOB
     groups = [(g.gpu_type, g.replicas, dict(g.node_selector)) for g in workload.worker_groups]
+    l4 = {GPU_PRODUCT_LABEL: "L4"}
     assert groups == [
-        ("L4", 2, {SITE_LABEL: "eu"}),
-        ("L4", 1, {SITE_LABEL: "us"}),
+        ("L4", 2, {**l4, SITE_LABEL: "eu"}),
+        ("L4", 1, {**l4, SITE_LABEL: "us"}),
         ("cpu", 1, {SITE_LABEL: "us"}),
     ]
     assert workload.config["clients"][0]["datasetUri"] == "s3://d"
@@ -128,7 +136,9 @@ def test_fusionjob_one_worker_per_gpu() -> None:
             "output": {"uri": "s3://o"},
         }
     )
-    groups = plan_fusionjob("f", spec).worker_groups
+    workload = plan_fusionjob("f", spec, None)
+    assert not isinstance(workload, Blocked)
+    groups = workload.worker_groups
     assert [(g.gpu_type, g.replicas, g.gpus_per_worker) for g in groups] == [
         ("H100", 4, 1),
         ("cpu", 1, 0),
