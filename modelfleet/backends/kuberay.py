@@ -16,6 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelfleet.backends.base import Owner
+from modelfleet.core.ttl import Ttl
 from modelfleet.core.workload import (
     ApplyResult,
     Observation,
@@ -177,19 +178,27 @@ class KubeRayBackend:
 
     name = "kuberay"
 
-    def __init__(self, api: client.ApiClient, image: str) -> None:
+    def __init__(self, api: client.ApiClient, image: str, cache_seconds: float = 5.0) -> None:
         self._core = client.CoreV1Api(api)
         self._custom = client.CustomObjectsApi(api)
         self._apis = client.ApisApi(api)
         self._image = image
+        self._inventory = Ttl(self._read_inventory, cache_seconds)
+        self._installed = Ttl(self._read_installed, cache_seconds)
 
     def inventory(self) -> Inventory:
         """The cluster's GPU nodes, read from their labels (see modelfleet.scheduling.inventory)."""
-        response: Any = self._core.list_node(_preload_content=False)
-        return read_inventory(json.loads(response.data)["items"])
+        return self._inventory.get()
 
     def installed(self) -> bool:
         """Whether the API server serves ray.io/v1 (the KubeRay CRDs)."""
+        return self._installed.get()
+
+    def _read_inventory(self) -> Inventory:
+        response: Any = self._core.list_node(_preload_content=False)
+        return read_inventory(json.loads(response.data)["items"])
+
+    def _read_installed(self) -> bool:
         groups = self._apis.get_api_versions().groups or []
         return any(
             g.name == GROUP and any(v.version == VERSION for v in g.versions) for g in groups
