@@ -7,8 +7,6 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-_runners: list[web.AppRunner] = []
-
 
 async def _metrics(_: web.Request) -> web.Response:
     body = generate_latest()
@@ -20,14 +18,14 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-async def serve_probes(addr: str, port: int) -> None:
-    """Serve /metrics and /healthz on one port, on kopf's event loop."""
+async def serve_probes(addr: str, port: int) -> web.AppRunner:
+    """Serve /metrics and /healthz on one port, on kopf's event loop, until cleaned up."""
     app = web.Application()
     app.add_routes([web.get("/metrics", _metrics), web.get("/healthz", _healthz)])
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, addr, port).start()
-    _runners.append(runner)
+    return runner
 
 
 def ensure_peering(api: client.ApiClient, name: str) -> None:

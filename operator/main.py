@@ -94,6 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     backend = LocalBackend() if args.backend == "local" else KubeRayBackend(api, args.runtime_image)
     configure(OperatorContext(backend=backend, api=api))
 
+    probes: list[Any] = []
+
+    @kopf.on.cleanup()
+    async def stop_probes(**_: Any) -> None:
+        for runner in probes:
+            await runner.cleanup()
+
     @kopf.on.startup()
     async def configure_operator(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             if args.webhook == "managed":
                 settings.admission.managed = "validate.modelfleet.io"
-        await serve_probes(args.metrics_addr, args.metrics_port)
+        probes.append(await serve_probes(args.metrics_addr, args.metrics_port))
         if not args.standalone:
             ensure_peering(api, args.peering)
 
