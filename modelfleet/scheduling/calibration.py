@@ -1,14 +1,23 @@
-"""Calibrate the cost model's compute terms by timing kernels on this machine's CPU.
+"""Calibrate the cost model's compute and communication terms from timings on this machine.
 
-Times dense matmuls (linear FLOPs), attention (quadratic FLOPs) and large copies (memory
-traffic) at a few sizes, then fits ``CostCoefficients`` with ``costmodel.fit_compute``.
-The device's nominal peak and memory bandwidth are inputs: the fit then says what fraction
-of them each kind of work achieves, which is what transfers to the planners. The kernels
-are numpy's (BLAS on CPU), which keeps torch out of the planners' package.
+Compute: times dense matmuls (linear FLOPs), attention (quadratic FLOPs) and large copies
+(memory traffic) at a few sizes, then fits ``CostCoefficients`` with
+``costmodel.fit_compute``. The device's nominal peak and memory bandwidth are inputs: the
+fit then says what fraction of them each kind of work achieves, which is what transfers to
+the planners. The kernels are numpy's (BLAS on CPU).
+
+Communication: ``comm_calibration`` times all-to-all and all-reduce between gloo processes
+on this machine and fits a ``Link`` with ``costmodel.fit_link``. That pulls in torch, so
+the planners never import this module; only calibration runs do.
+
+``python -m modelfleet.scheduling.calibration --out calibration/cpu-gloo.json`` does both,
+prints the fitted numbers with each measurement's predicted/measured ratio, and saves JSON
+that ``costmodel.load_calibration`` reads.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -17,11 +26,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from modelfleet.scheduling.comm_calibration import fit_collectives, measure_collectives, predict
 from modelfleet.scheduling.costmodel import (
     ComputeSample,
     CostCoefficients,
+    LinkKind,
     Work,
+    compute_seconds,
     fit_compute,
+    replace_link,
     save_calibration,
 )
 from modelfleet.scheduling.inventory import GpuSpec
@@ -87,6 +100,19 @@ def measure_copy(megabytes: Sequence[int]) -> list[ComputeSample]:
     return samples
 
 
+def measure_compute(
+    matmul_sizes: Sequence[int] = (256, 512, 1024),
+    attention_lengths: Sequence[int] = (256, 512, 1024),
+    copy_megabytes: Sequence[int] = (32, 128),
+) -> list[ComputeSample]:
+    """One sample per size of each kind of work, so every compute term is exercised."""
+    return [
+        *measure_matmul(matmul_sizes),
+        *measure_attention(attention_lengths),
+        *measure_copy(copy_megabytes),
+    ]
+
+
 def calibrate(
     device: GpuSpec,
     matmul_sizes: Sequence[int] = (256, 512, 1024),
@@ -96,12 +122,70 @@ def calibrate(
     prior: CostCoefficients | None = None,
 ) -> CostCoefficients:
     """Measure, fit and optionally save; ``device`` carries the nominal peak and bandwidth."""
-    samples = [
-        *measure_matmul(matmul_sizes),
-        *measure_attention(attention_lengths),
-        *measure_copy(copy_megabytes),
-    ]
+    samples = measure_compute(matmul_sizes, attention_lengths, copy_megabytes)
     coefficients = fit_compute(samples, device, prior or CostCoefficients())
     if save_to is not None:
         save_calibration(coefficients, save_to)
     return coefficients
+
+
+# The cost model's intra-node link: ``find_link`` prices two devices on one node with it.
+# Ranks on one CPU machine talk over loopback TCP, so that is the slot its fit belongs in.
+LOOPBACK_SLOT = LinkKind.NVLINK
+COLLECTIVE_BYTES = tuple(4**k * 2**10 for k in range(1, 8))  # 4 KiB .. 16 MiB per rank
+
+
+def describe_fit(ratios: Sequence[float]) -> str:
+    """Median and worst ``|predicted / measured - 1|``: how far the fitted model is off."""
+    errors = np.abs(np.asarray(ratios) - 1.0)
+    return f"fit error: median {np.median(errors):.0%}, worst {errors.max():.0%}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m modelfleet.scheduling.calibration",
+        description="Fit the cost model's compute and loopback-link terms on this machine.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
+    # Defaults are a 2-core AVX2 machine: 2 cores x 32 FP32 FLOP/cycle (two 256-bit FMA
+    # pipes) x 3 GHz, and one DDR4-3200 channel. Efficiencies are relative to these.
+    parser.add_argument("--tflops", type=float, default=0.192, help="nominal peak, TFLOPS")
+    parser.add_argument("--mem-gbps", type=float, default=25.6, help="nominal memory GB/s")
+    args = parser.parse_args(argv)
+    device = GpuSpec("cpu", tflops=args.tflops, memory_gib=0.0, hbm_gbps=args.mem_gbps)
+
+    compute = measure_compute()
+    coefficients = fit_compute(compute, device, CostCoefficients())
+    print(
+        f"compute ({device.tflops} TFLOPS, {device.hbm_gbps} GB/s nominal): "
+        f"mfu_linear={coefficients.mfu_linear:.3g} "
+        f"mfu_attention={coefficients.mfu_attention:.3g} "
+        f"hbm_efficiency={coefficients.hbm_efficiency:.3g} "
+        f"overhead_s={coefficients.overhead_s:.3g}"
+    )
+    compute_ratios = [compute_seconds(s.work, device, coefficients) / s.seconds for s in compute]
+    print(f"  {describe_fit(compute_ratios)} over {len(compute)} kernels")
+
+    timings = measure_collectives(COLLECTIVE_BYTES)
+    link = fit_collectives(LOOPBACK_SLOT, timings)
+    print(
+        f"link ({link.kind.value} slot, gloo over 127.0.0.1, 2 ranks): "
+        f"latency_s={link.latency_s:.3g} gbps={link.gbps:.3g}"
+    )
+    link_ratios = []
+    for timing in timings:
+        ratio = predict(timing, link) / timing.seconds
+        link_ratios.append(ratio)
+        print(
+            f"  {timing.collective.value:<10} {timing.nbytes:>9} B  "
+            f"measured {timing.seconds * 1e6:9.1f} us  predicted/measured {ratio:.2f}"
+        )
+    print(f"  {describe_fit(link_ratios)} over {len(timings)} collectives")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_calibration(replace_link(coefficients, link), args.out)
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
