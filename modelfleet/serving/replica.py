@@ -1,0 +1,144 @@
+"""One engine replica as an asyncio Ray actor.
+
+Ray Serve replicas cannot be addressed one by one, but migration and recovery must
+name the replica a request lives on. Engine replicas are therefore plain named Ray
+actors owned by the pool manager (after Llumnix's llumlets). Each wraps one engine
+behind :class:`~modelfleet.serving.interface.ServingEngine` and runs a background loop
+that calls ``step()`` whenever there is work; the manager collects the token events
+with a long ``poll``, one call per replica rather than per request. Between two steps
+the actor serves the migration calls, so KV staging overlaps decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from modelfleet.serving.interface import (
+    EngineLoad,
+    KVChunk,
+    RequestState,
+    SamplingParams,
+    ServingEngine,
+    TokenEvent,
+)
+from modelfleet.serving.model import ModelConfig, TinyDecoder
+from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
+
+
+class ReplicaDrainingError(RuntimeError):
+    """The replica is being drained and takes no new requests."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a replica builds its engine from; plain data so it travels to the actor."""
+
+    model: ModelConfig
+    engine: EngineConfig
+
+
+def build_engine(spec: EngineSpec) -> ServingEngine:
+    """The torch engine of ``spec``; the seam where a vLLM engine would be chosen."""
+    return TorchEngine(TinyDecoder(spec.model), spec.engine)
+
+
+class EngineReplica:
+    """The actor body: an engine, its step loop and an outbox of token events."""
+
+    def __init__(self, spec: EngineSpec, threads: int = 1) -> None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+        self._engine = build_engine(spec)
+        self._outbox: list[TokenEvent] = []
+        self._has_events = asyncio.Event()
+        self._has_work = asyncio.Event()
+        self._draining = False
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> EngineLoad:
+        """Start the step loop; returns once the replica can serve."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop().create_task(self._run())
+        return self._engine.load()
+
+    async def add(
+        self, request_id: str, prompt: Sequence[int], params: SamplingParams, priority: int
+    ) -> None:
+        """Queue a new request (``ValueError`` for bad input, as the engine raises it)."""
+        self._refuse_if_draining()
+        self._engine.add_request(request_id, prompt, params, priority)
+        self._has_work.set()
+
+    async def poll(self, timeout_s: float) -> list[TokenEvent]:
+        """Every event since the last poll, waiting up to ``timeout_s`` for the first one."""
+        if not self._outbox:
+            try:
+                await asyncio.wait_for(self._has_events.wait(), timeout_s)
+            except TimeoutError:
+                return []
+        events, self._outbox = self._outbox, []
+        self._has_events.clear()
+        return events
+
+    async def load(self) -> EngineLoad:
+        """Running and waiting requests and KV blocks, for dispatch and migration."""
+        return self._engine.load()
+
+    async def abort(self, request_id: str) -> bool:
+        """Drop a request or staged import; ``False`` if this replica does not hold it."""
+        try:
+            self._engine.abort(request_id)
+        except ValueError:
+            return False
+        return True
+
+    async def drain(self) -> None:
+        """Take no new requests or imports; the manager migrates the running ones off."""
+        self._draining = True
+
+    async def export_kv_blocks(self, request_id: str, from_block: int) -> KVChunk:
+        """Copy the request's full KV blocks from ``from_block`` on; it keeps decoding."""
+        return self._engine.export_kv_blocks(request_id, from_block)
+
+    async def export_request(self, request_id: str, from_block: int) -> RequestState:
+        """Stop the request here and hand over its state and the unstaged KV blocks."""
+        return self._engine.export_request(request_id, from_block)
+
+    async def import_kv_blocks(self, request_id: str, chunk: KVChunk) -> tuple[int, int]:
+        """Write a staged chunk of a request still decoding on another replica.
+
+        Returns the chunk's ``(num_blocks, end_block)``, so the manager can pass the
+        chunk from source to target by reference without fetching the tensor itself.
+        """
+        self._refuse_if_draining()
+        self._engine.import_kv_blocks(request_id, chunk)
+        return chunk.num_blocks, chunk.end_block
+
+    async def import_request(self, state: RequestState) -> None:
+        """Continue a migrated request, or resume one by recomputation (``kv is None``)."""
+        self._refuse_if_draining()
+        self._engine.import_request(state)
+        self._has_work.set()
+
+    def _refuse_if_draining(self) -> None:
+        if self._draining:
+            raise ReplicaDrainingError("replica is draining")
+
+    async def _run(self) -> None:
+        """Step while requests are in the engine, yielding to other calls between steps."""
+        while True:
+            load = self._engine.load()
+            if not (load.running or load.waiting):
+                self._has_work.clear()
+                await self._has_work.wait()
+                continue
+            events = self._engine.step()
+            if events:
+                self._outbox.extend(events)
+                self._has_events.set()
+            await asyncio.sleep(0)

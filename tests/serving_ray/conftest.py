@@ -1,0 +1,121 @@
+"""A real local Ray with Serve on loopback, shared by every test in this directory.
+
+Each test module deploys its own small pool of the mini builtin model; the cluster is
+started once for this directory and shut down after it, whatever ``RAY_ADDRESS`` says,
+so other test directories never see it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+import ray
+import torch
+from ray import serve
+
+from modelfleet.serving.app import deploy, pool_status
+from modelfleet.serving.catalog import resolve_model
+from modelfleet.serving.interface import SamplingParams
+from modelfleet.serving.model import TinyDecoder
+from modelfleet.serving.tokenizer import ByteTokenizer
+from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
+
+MODEL = "mini"
+MINI_URI = "builtin://tiny-llama-mini"
+MAX_MODEL_LEN = 1024
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pool_spec(replicas: int, **options: object) -> dict[str, object]:
+    """A ModelPool spec in wire form for the mini model, with fast test options."""
+    return {
+        "models": [{"name": MODEL, "uri": MINI_URI, "maxModelLen": MAX_MODEL_LEN}],
+        "replicas": replicas,
+        "migration": {"enabled": False, "maxConcurrent": 2},
+        "servingOptions": {"replicaNumCpus": 0.5, "controlIntervalS": 0.05, **options},
+    }
+
+
+@pytest.fixture(scope="package")
+def serve_url() -> Iterator[str]:
+    """Start Ray and Serve on 127.0.0.1; the base URL of Serve's HTTP proxy."""
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    ray.init(num_cpus=4, include_dashboard=False, namespace="modelfleet-tests")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(serve_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A pool named after the test module, at ``/<name>``; its base URL for clients."""
+    name = request.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    spec = getattr(request.module, "SPEC", pool_spec(2))
+    deploy(spec, name=name, route_prefix=f"/{name}")
+    yield f"{serve_url}/{name}"
+    serve.delete(name)
+
+
+def client(base_url: str) -> openai.OpenAI:
+    """The official client, without retries so 4xx/5xx surface as they are."""
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def expected_tokens(
+    text: str, max_tokens: int, temperature: float = 0.0, seed: int = 0
+) -> list[int]:
+    """What the mini model generates for ``text`` alone in one in-process engine."""
+    torch.set_num_threads(1)
+    engine = TorchEngine(TinyDecoder(resolve_model(MINI_URI, MAX_MODEL_LEN)), EngineConfig())
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        stop_token_ids=(ByteTokenizer.EOS,),
+    )
+    engine.add_request("r", ByteTokenizer().encode(text), params)
+    return [event.token_id for event in engine.stream("r")]
+
+
+def status_of(name: str) -> dict[str, Any]:
+    """The pool's status for its only model."""
+    models: dict[str, Any] = pool_status(name)["models"]
+    return dict(models[MODEL])
+
+
+def open_stream(base_url: str, prompt: str, max_tokens: int, temperature: float = 0.0) -> Any:
+    """A streamed completion that reports each chunk's token ids, seeded with 0."""
+    return client(base_url).completions.create(
+        model=MODEL,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=0,
+        stream=True,
+        extra_body={"return_token_ids": True},
+    )
+
+
+def read_tokens(chunks: Iterator[Any], count: int | None = None) -> list[int]:
+    """Token ids of the next ``count`` chunks, or of all that remain."""
+    tokens: list[int] = []
+    for chunk in chunks:
+        tokens.extend(chunk.choices[0].model_extra["token_ids"])
+        if count is not None and len(tokens) >= count:
+            break
+    return tokens

@@ -1,0 +1,32 @@
+"""A request migrated mid-stream continues token for token, staged over real Ray actors."""
+
+from __future__ import annotations
+
+import pytest
+from ray import serve
+
+from .conftest import expected_tokens, open_stream, read_tokens, status_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+TOKENS = 800
+"""Long enough that the request is still decoding when the test acts on it."""
+
+PROMPT = "Live migration moves a running request and its KV cache. " * 2
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_forced_migration_mid_stream_changes_no_token(pool: str, temperature: float) -> None:
+    name = pool.rsplit("/", 1)[-1]
+    expected = expected_tokens(PROMPT, TOKENS, temperature)
+    before = status_of(name)["migrations"]
+    chunks = iter(open_stream(pool, PROMPT, TOKENS, temperature))
+    first = next(chunks)
+    head = first.choices[0].model_extra["token_ids"] + read_tokens(chunks, 40)
+    report = serve.get_app_handle(name).migrate.remote(first.id).result()
+    tail = read_tokens(chunks)
+    assert report is not None and report.source != report.target
+    assert not report.recomputed
+    assert report.final_blocks < report.staged_blocks, "most KV must move while decoding"
+    assert head + tail == expected
+    assert status_of(name)["migrations"] == before + 1

@@ -1,0 +1,48 @@
+"""A replica killed mid-stream: its requests resume elsewhere and the client sees no gap."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import ray
+from ray import serve
+
+from .conftest import expected_tokens, open_stream, read_tokens, status_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+TOKENS = 800
+"""Long enough that the request is still decoding when the test acts on it."""
+
+PROMPT = "A replica dies; the stream goes on. " * 2
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_killed_replica_stream_continues_identically(pool: str, temperature: float) -> None:
+    name = pool.rsplit("/", 1)[-1]
+    expected = expected_tokens(PROMPT, TOKENS, temperature)
+    before = status_of(name)
+    chunks = iter(open_stream(pool, PROMPT, TOKENS, temperature))
+    first = next(chunks)
+    head = first.choices[0].model_extra["token_ids"] + read_tokens(chunks, 40)
+    victim = serve.get_app_handle(name).locate.remote(first.id).result()
+    ray.kill(ray.get_actor(victim, namespace="modelfleet"))
+    tail = read_tokens(chunks)
+    assert head + tail == expected
+    after = _wait_for_replicas(name, before["readyReplicas"])
+    assert after["recoveries"] >= before["recoveries"] + 1
+    assert after["replicaFailures"] == before["replicaFailures"] + 1
+    assert victim not in after["replicas"]
+
+
+def _wait_for_replicas(name: str, count: int) -> dict[str, Any]:
+    """The pool's status once the dead replica has been replaced."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = status_of(name)
+        if status["readyReplicas"] == count:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"pool {name} did not get back to {count} replicas: {status}")
