@@ -37,25 +37,29 @@ PLANNERS: dict[str, Planner] = {
     "all-rdma ideal": plan_all_rdma,
 }
 MODELS = {
-    "13B, seq 4k, batch 256": ModelSpec(layers=40, hidden=5120, params=13e9, seq_len=4096,
-                                        global_batch=256),
-    "30B, seq 8k, batch 128": ModelSpec(layers=60, hidden=6656, params=30e9, seq_len=8192,
-                                        global_batch=128),
+    "13B, seq 4k, batch 256": ModelSpec(
+        layers=40, hidden=5120, params=13e9, seq_len=4096, global_batch=256
+    ),
+    "30B, seq 8k, batch 128": ModelSpec(
+        layers=60, hidden=6656, params=30e9, seq_len=8192, global_batch=128
+    ),
 }
 
 
 def mixed_cluster() -> Inventory:
     """Nodes in the order the API lists them (by name), which says nothing about islands."""
     h100 = "NVIDIA-H100-80GB-HBM3"
-    return read_inventory([
-        describe_node("gpu-01", h100, 8, "infiniband", "ib-a"),
-        describe_node("gpu-02", h100, 8, "infiniband", "ib-b"),
-        describe_node("gpu-03", "NVIDIA-A100-SXM4-80GB", 8, "roce", "roce"),
-        describe_node("gpu-04", h100, 8, "infiniband", "ib-a"),
-        describe_node("gpu-05", h100, 8, "infiniband", "ib-b"),
-        describe_node("gpu-06", "NVIDIA-A100-SXM4-80GB", 8, "roce", "roce"),
-        describe_node("gpu-07", "NVIDIA-L4", 8, **{"modelfleet.io/nic-gbps": "25"}),
-    ])
+    return read_inventory(
+        [
+            describe_node("gpu-01", h100, 8, "infiniband", "ib-a"),
+            describe_node("gpu-02", h100, 8, "infiniband", "ib-b"),
+            describe_node("gpu-03", "NVIDIA-A100-SXM4-80GB", 8, "roce", "roce"),
+            describe_node("gpu-04", h100, 8, "infiniband", "ib-a"),
+            describe_node("gpu-05", h100, 8, "infiniband", "ib-b"),
+            describe_node("gpu-06", "NVIDIA-A100-SXM4-80GB", 8, "roce", "roce"),
+            describe_node("gpu-07", "NVIDIA-L4", 8, **{"modelfleet.io/nic-gbps": "25"}),
+        ]
+    )
 
 
 def describe(placement: Placement) -> str:
@@ -70,8 +74,7 @@ def describe(placement: Placement) -> str:
 
 def compare(title: str, model: ModelSpec, inventory: Inventory, space: SearchSpace) -> None:
     coefficients = CostCoefficients()
-    results = {name: plan(model, inventory, space, coefficients)
-               for name, plan in PLANNERS.items()}
+    results = {name: plan(model, inventory, space, coefficients) for name, plan in PLANNERS.items()}
     reference = results["nic-aware"]
     print(title)
     for name, result in results.items():
@@ -79,8 +82,9 @@ def compare(title: str, model: ModelSpec, inventory: Inventory, space: SearchSpa
             print(f"  {name:15s} unschedulable: {getattr(result, 'reason', '')}")
             continue
         ratio = result.iteration_s / reference.iteration_s
-        print(f"  {name:15s} {result.iteration_s:8.2f} s  {ratio:6.2f}x nic-aware  "
-              f"{describe(result)}")
+        print(
+            f"  {name:15s} {result.iteration_s:8.2f} s  {ratio:6.2f}x nic-aware  {describe(result)}"
+        )
 
 
 TWO_NODE_STAGES = (Layout(tp=8, pp=3, dp=2, sp=1), Layout(tp=4, pp=3, dp=2, sp=2))
@@ -88,13 +92,14 @@ TWO_NODE_STAGES = (Layout(tp=8, pp=3, dp=2, sp=1), Layout(tp=4, pp=3, dp=2, sp=2
 
 def main() -> None:
     inventory = mixed_cluster()
-    print(f"{len(inventory.devices)} GPUs on {len(inventory.nodes)} nodes; "
-          "ratios are iteration time / NIC-aware iteration time")
+    print(
+        f"{len(inventory.devices)} GPUs on {len(inventory.nodes)} nodes; "
+        "ratios are iteration time / NIC-aware iteration time"
+    )
     for name, model in MODELS.items():
         compare(f"{name}: best layout per strategy", model, inventory, SearchSpace())
         for layout in TWO_NODE_STAGES:
-            only = SearchSpace(tp=(layout.tp,), pp=(layout.pp,), dp=(layout.dp,),
-                               sp=(layout.sp,))
+            only = SearchSpace(tp=(layout.tp,), pp=(layout.pp,), dp=(layout.dp,), sp=(layout.sp,))
             title = f"{name}: tp{layout.tp} pp{layout.pp} dp{layout.dp} sp{layout.sp} for all"
             compare(title, model, inventory, only)
 

@@ -34,10 +34,11 @@ Sampler = Callable[[np.random.Generator], np.ndarray]
 
 def cluster_setup() -> SeqParSetup:
     nodes = [
-        *(describe_node(f"h100-{i}", "NVIDIA-H100-80GB-HBM3", 8, "infiniband", "ib")
-          for i in range(4)),
-        *(describe_node(f"a100-{i}", "NVIDIA-A100-SXM4-40GB", 8, "roce", "roce")
-          for i in range(4)),
+        *(
+            describe_node(f"h100-{i}", "NVIDIA-H100-80GB-HBM3", 8, "infiniband", "ib")
+            for i in range(4)
+        ),
+        *(describe_node(f"a100-{i}", "NVIDIA-A100-SXM4-40GB", 8, "roce", "roce") for i in range(4)),
     ]
     model = ModelSpec(layers=32, hidden=4096, params=7e9, seq_len=32768, global_batch=BATCH)
     return prepare(read_inventory(nodes).devices, model, reserved_gib=20.0)
@@ -95,8 +96,10 @@ def run(name: str, sample: Sampler, setup: SeqParSetup) -> None:
 
 def main() -> None:
     setup = cluster_setup()
-    print(f"{sum(len(p.devices) for p in setup.pools)} GPUs in {len(setup.pools)} pools, "
-          f"{BATCH} sequences per step")
+    print(
+        f"{sum(len(p.devices) for p in setup.pools)} GPUs in {len(setup.pools)} pools, "
+        f"{BATCH} sequences per step"
+    )
     for name, sample in DISTRIBUTIONS.items():
         run(name, sample, setup)
 

@@ -167,12 +167,14 @@ def test_nic_aware_beats_round_robin_and_packing_on_a_mixed_cluster() -> None:
 def test_same_layout_placed_obliviously_crosses_ethernet_and_is_slower() -> None:
     """Nodes listed by name, islands interleaved; stages of two nodes each."""
     h100 = "NVIDIA-H100-80GB-HBM3"
-    inventory = read_inventory([
-        describe_node("gpu-1", h100, 8, "infiniband", "a"),
-        describe_node("gpu-2", h100, 8, "infiniband", "b"),
-        describe_node("gpu-3", h100, 8, "infiniband", "a"),
-        describe_node("gpu-4", h100, 8, "infiniband", "b"),
-    ])
+    inventory = read_inventory(
+        [
+            describe_node("gpu-1", h100, 8, "infiniband", "a"),
+            describe_node("gpu-2", h100, 8, "infiniband", "b"),
+            describe_node("gpu-3", h100, 8, "infiniband", "a"),
+            describe_node("gpu-4", h100, 8, "infiniband", "b"),
+        ]
+    )
     model = ModelSpec(layers=40, hidden=5120, params=13e9, seq_len=4096, global_batch=256)
     one = SearchSpace(tp=(8,), pp=(2,), dp=(2,), sp=(1,))
 

@@ -34,8 +34,9 @@ def reference() -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 def run_rank(rank: int, port: int, results: Path) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
-                            rank=rank, world_size=WORLD)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
     try:
         torch.set_num_threads(1)
         chunk = SHAPE[1] // WORLD
@@ -43,8 +44,9 @@ def run_rank(rank: int, port: int, results: Path) -> None:
         q, k, v = (x.clone().requires_grad_() for x in (q, k, v))
         out = ulysses_attention(q, k, v)
         (out * weight).sum().backward()
-        torch.save({"out": out.detach(), "grads": [x.grad for x in (q, k, v)]},
-                   results / f"rank{rank}.pt")
+        torch.save(
+            {"out": out.detach(), "grads": [x.grad for x in (q, k, v)]}, results / f"rank{rank}.pt"
+        )
     finally:
         dist.destroy_process_group()
 
