@@ -2,9 +2,12 @@
 # both install everything they need on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Static-analysis tools whose pins clash with the project's (checkov vs ray) get their own venv.
+TOOLS_VENV ?= .venv-tools
+CHECKOV_VERSION ?= 3.3.30
 PYTEST_ARGS ?=
 
-.PHONY: venv provision crds check-crds lint test test-fast demo demo-down bench clean
+.PHONY: venv tools provision crds check-crds lint test test-fast demo demo-down bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,21 +19,29 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+$(TOOLS_VENV)/.installed:
+	python3 -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q --upgrade pip
+	$(TOOLS_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	touch $@
+
+tools: $(TOOLS_VENV)/.installed
+
 provision:
 	bash hack/provision.sh >/dev/null
 
 crds: venv
-	$(PY) -m modelfleet.api.crdgen crds
+	$(PY) -m modelfleet.api.crdgen crds charts/modelfleet/files/crds
 
 check-crds: venv
-	$(PY) -m modelfleet.api.crdgen --check crds
+	$(PY) -m modelfleet.api.crdgen --check crds charts/modelfleet/files/crds
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy modelfleet controllers
 	$(VENV)/bin/lint-imports
 
-test: venv provision check-crds lint
+test: venv tools provision check-crds lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: venv provision
@@ -46,4 +57,4 @@ bench: venv provision
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean: demo-down
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,12 +1,26 @@
 """Prometheus metrics of the operator, all under the ``modelfleet_`` prefix.
 
-Label values come from closed sets (kinds, results, exception class names,
-condition statuses), so cardinality stays bounded however many resources exist.
+Two sorts of series. The operator's own (reconciles, errors, latency, admission
+verdicts, events, resources by Ready status) take label values from closed sets:
+kinds, results, exception class names, condition statuses. The domain series
+mirror each resource's status (a FedJob's round, a ModelPool's replicas, cost, SLO
+attainment and migrations) and are labelled with the resource's namespace and name,
+like kube-state-metrics: their cardinality is bounded by the number of resources
+(times the models and GPU types of a pool), and a deleted resource's series go away.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from modelfleet.api.common import BaseStatus
+from modelfleet.api.fedjob import FedJobStatus
+from modelfleet.api.modelpool import ModelPoolStatus
 
 RECONCILES = Counter(
     "modelfleet_reconcile_total", "Reconciles by kind and result.", ["kind", "result"]
@@ -32,20 +46,133 @@ EVENTS = Counter(
     "modelfleet_events_total", "Events emitted, by kind and reason.", ["kind", "reason"]
 )
 
+ResourceKey = tuple[str, str, str]
+"""(kind, namespace, name) of one resource."""
 
-class ReadinessBook:
-    """Ready status of every resource seen, to publish counts by kind and status."""
+
+@dataclass(frozen=True)
+class Family:
+    """One domain metric: its name, help text, labels besides namespace and name, type."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...] = ()
+    counter: bool = False
+
+    def empty(self) -> GaugeMetricFamily | CounterMetricFamily:
+        labels = ["namespace", "name", *self.labels]
+        if self.counter:
+            return CounterMetricFamily(self.name, self.documentation, labels=labels)
+        return GaugeMetricFamily(self.name, self.documentation, labels=labels)
+
+
+FEDJOB_ROUNDS = Family("modelfleet_fedjob_rounds_completed", "Rounds a FedJob has completed.")
+MODELPOOL_READY_REPLICAS = Family(
+    "modelfleet_modelpool_ready_replicas",
+    "Ready replicas of a ModelPool serving one model on one GPU type.",
+    ("model", "gpu_type"),
+)
+MODELPOOL_COST = Family(
+    "modelfleet_modelpool_cost_dollars_per_hour", "What a ModelPool's replicas cost per hour now."
+)
+MODELPOOL_SLO_ATTAINMENT = Family(
+    "modelfleet_modelpool_slo_attainment_ratio",
+    "Share of a ModelPool's recent requests that met both latency SLOs.",
+)
+# The value is status.migrations itself, as kube-state-metrics does for restart counts: every
+# operator replica reports the same value, a restarted operator neither re-counts past
+# migrations nor starts from zero, and a restarted pool is an ordinary counter reset.
+MODELPOOL_MIGRATIONS = Family(
+    "modelfleet_modelpool_migrations_total",
+    "Live request migrations the running ModelPool has performed.",
+    counter=True,
+)
+DOMAIN_FAMILIES = (
+    FEDJOB_ROUNDS,
+    MODELPOOL_READY_REPLICAS,
+    MODELPOOL_COST,
+    MODELPOOL_SLO_ATTAINMENT,
+    MODELPOOL_MIGRATIONS,
+)
+
+Sample = tuple[Family, tuple[str, ...], float]
+"""A family, the values of its extra labels, and the value."""
+
+
+def status_samples(status: BaseStatus) -> list[Sample]:
+    """The domain samples one status yields; kinds without domain metrics yield none."""
+    if isinstance(status, FedJobStatus):
+        return [(FEDJOB_ROUNDS, (), status.round)]
+    if isinstance(status, ModelPoolStatus):
+        samples: list[Sample] = [
+            (MODELPOOL_READY_REPLICAS, (count.model, count.gpu_type), count.replicas)
+            for count in status.replicas_by_gpu_type
+        ]
+        samples.append((MODELPOOL_COST, (), status.cost_per_hour))
+        if status.slo_attainment is not None:
+            samples.append((MODELPOOL_SLO_ATTAINMENT, (), status.slo_attainment))
+        samples.append((MODELPOOL_MIGRATIONS, (), status.migrations))
+        return samples
+    return []
+
+
+class StatusSeries:
+    """The domain samples of every resource's latest status, rendered at scrape time.
+
+    Rendering from the latest status, rather than setting labelled gauges, means a
+    GPU type or model that leaves a pool, and a resource that is deleted, leave no
+    stale series behind. Handlers run in kopf's thread pool while /metrics is
+    served from the event loop, hence the lock.
+    """
 
     def __init__(self) -> None:
-        self._ready: dict[tuple[str, str, str], str] = {}
+        self._samples: dict[ResourceKey, list[Sample]] = {}
+        self._lock = threading.Lock()
 
-    def record(self, kind: str, namespace: str, name: str, ready: str) -> None:
-        self._ready[(kind, namespace, name)] = ready
-        self._publish(kind)
+    def record(self, kind: str, namespace: str, name: str, status: BaseStatus) -> None:
+        samples = status_samples(status)
+        with self._lock:
+            if samples:
+                self._samples[(kind, namespace, name)] = samples
+            else:
+                self._samples.pop((kind, namespace, name), None)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
-        self._ready.pop((kind, namespace, name), None)
-        self._publish(kind)
+        with self._lock:
+            self._samples.pop((kind, namespace, name), None)
+
+    def collect(self) -> Iterator[Metric]:
+        families = {family: family.empty() for family in DOMAIN_FAMILIES}
+        with self._lock:
+            resources = sorted(self._samples.items())
+        for (_, namespace, name), samples in resources:
+            for family, labels, value in samples:
+                families[family].add_metric([namespace, name, *labels], value)
+        yield from families.values()
+
+
+class ReadinessBook:
+    """Ready status of every resource seen, to publish counts by kind and status.
+
+    Forgetting a resource also drops its domain series, so the delete handler
+    needs one call.
+    """
+
+    def __init__(self, statuses: StatusSeries) -> None:
+        self._ready: dict[ResourceKey, str] = {}
+        self._statuses = statuses
+        self._lock = threading.Lock()
+
+    def record(self, kind: str, namespace: str, name: str, ready: str) -> None:
+        with self._lock:
+            self._ready[(kind, namespace, name)] = ready
+            self._publish(kind)
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._ready.pop((kind, namespace, name), None)
+            self._publish(kind)
+        self._statuses.forget(kind, namespace, name)
 
     def _publish(self, kind: str) -> None:
         counts = {"True": 0, "False": 0, "Unknown": 0}
@@ -56,4 +183,11 @@ class ReadinessBook:
             RESOURCES.labels(kind=kind, ready=ready).set(count)
 
 
-READINESS = ReadinessBook()
+STATUSES = StatusSeries()
+REGISTRY.register(STATUSES)
+READINESS = ReadinessBook(STATUSES)
+
+
+def record_status(kind: str, namespace: str, name: str, status: BaseStatus) -> None:
+    """Publish the domain series of one resource's status (replacing its previous ones)."""
+    STATUSES.record(kind, namespace, name, status)

@@ -129,6 +129,7 @@ def reconcile(info: KindInfo, body: kopf.Body, patch: kopf.Patch, decide: Decide
         metrics.READINESS.record(
             info.kind, owner.namespace, owner.name, ready.status.value if ready else "Unknown"
         )
+        metrics.record_status(info.kind, owner.namespace, owner.name, decision.status)
         metrics.RECONCILES.labels(kind=info.kind, result=result).inc()
     except ApiException as error:
         metrics.RECONCILES.labels(kind=info.kind, result="error").inc()

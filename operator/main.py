@@ -16,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 
+def priority(value: str) -> int:
+    """An integer, or ``auto``: a hash of the pod's name, so each replica has its own."""
+    if value != "auto":
+        return int(value)
+    from controllers.probes import auto_priority
+
+    return auto_priority()
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     env = os.environ.get
@@ -50,7 +59,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=int(env("MODELFLEET_PEERING_LIFETIME", "60")),
         help="seconds after which a silent peer is considered gone",
     )
-    parser.add_argument("--priority", type=int, default=int(env("MODELFLEET_PRIORITY", "0")))
+    parser.add_argument(
+        "--priority",
+        type=priority,
+        default=env("MODELFLEET_PRIORITY", "0"),
+        help="peering priority, the highest live one works; auto: derived from the pod's name",
+    )
     parser.add_argument(
         "--runtime-image", default=env("MODELFLEET_RUNTIME_IMAGE", "modelfleet/runtime:0.1.0")
     )
@@ -137,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                 settings.admission.managed = "validate.modelfleet.io"
         probes.append(await serve_probes(args.metrics_addr, args.metrics_port))
         if not args.standalone:
-            ensure_peering(api, args.peering)
+            ensure_peering(api, args.peering, args.namespace)
 
     kopf.run(
         clusterwide=not args.namespace,
