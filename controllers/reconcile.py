@@ -149,7 +149,11 @@ def register(info: KindInfo, decide: Decide) -> None:
         reconcile(info, body, patch, decide)
 
     def forget_handler(body: kopf.Body, **_: Any) -> None:
+        """Release what lives outside Kubernetes, then drop the resource's metrics."""
         owner = owner_of(info, body)
+        workload = (body.get("status") or {}).get("workload", "")
+        if workload:
+            current().backend.release(owner, workload)
         metrics.READINESS.forget(info.kind, owner.namespace, owner.name)
 
     for on_change in (kopf.on.resume, kopf.on.create, kopf.on.update):
@@ -157,4 +161,4 @@ def register(info: KindInfo, decide: Decide) -> None:
     kopf.timer(*resource, id="resync", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)(
         reconcile_handler
     )
-    kopf.on.delete(*resource, id="forget", optional=True)(forget_handler)
+    kopf.on.delete(*resource, id="release")(forget_handler)

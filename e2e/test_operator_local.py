@@ -1,24 +1,39 @@
-"""The operator with the embedded default backend, against the real API server."""
+"""The operator with the embedded default backend, against the real API server.
+
+Jobs report that their runtime is missing; the ModelPool is served for real by a
+private Ray the operator starts, and answered through the official openai client.
+"""
 
 from __future__ import annotations
 
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
+import openai
 import pytest
 
 from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
+from modelfleet.devcluster.cluster import free_port
 
 pytestmark = pytest.mark.envtest
 NS = "local"
-KINDS = ("fedjob/clinical-notes", "fusionjob/fuse-chat", "modelpool/chat")
+JOBS = ("fedjob/clinical-notes", "fusionjob/fuse-chat")
+POOL = "modelpool/chat"
+SERVE_PORT = free_port()
+POOL_BASE = f"http://127.0.0.1:{SERVE_PORT}/{NS}/chat/v1"
+SERVING_TIMEOUT = 240
+"""Starting Ray, Serve and two engine replicas on two shared cores."""
 
 
 @pytest.fixture(scope="module")
 def operator(kube: Kube, start_operator: object) -> Iterator[Operator]:
     namespace(kube, NS)
-    running = start_operator("--backend=local", "--standalone", f"--namespace={NS}")  # type: ignore[operator]
+    running = start_operator(  # type: ignore[operator]
+        "--backend=local", "--standalone", f"--namespace={NS}", f"--serve-port={SERVE_PORT}"
+    )
     wait_for(
         lambda: (
             "validate.modelfleet.io" in kube("get", "validatingwebhookconfigurations", "-o", "name")
@@ -36,16 +51,14 @@ def _metrics(operator: Operator, path: str = "/metrics") -> str:
         return r.read().decode()
 
 
-def test_every_example_reports_what_is_missing(kube: Kube, operator: Operator) -> None:
-    for resource in KINDS:
+def test_every_job_reports_what_is_missing(kube: Kube, operator: Operator) -> None:
+    for resource in JOBS:
         ready = kube.wait_reason(resource, NS, "RuntimeNotAvailable")
         assert ready["status"] == "False" and "is not part of this release" in ready["message"]
         obj = kube.get(resource, "-n", NS)
         assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
         types = [c["type"] for c in obj["status"]["conditions"]]
         assert types == ["Ready", "Progressing", "Degraded"]
-    router = kube.wait_reason("routingpolicy/chat-router", NS, "TargetsNotReady")
-    assert "['small']" in router["message"]
 
 
 def test_kopf_bookkeeping_stays_out_of_status(kube: Kube, operator: Operator) -> None:
@@ -86,9 +99,9 @@ def test_spec_update_is_observed(kube: Kube, operator: Operator) -> None:
 
 
 def test_metrics_and_health(kube: Kube, operator: Operator) -> None:
-    kube.wait_reason("modelpool/chat", NS, "RuntimeNotAvailable")
+    kube.wait_reason("fusionjob/fuse-chat", NS, "RuntimeNotAvailable")
     text = _metrics(operator)
-    assert 'modelfleet_reconcile_total{kind="ModelPool",result="success"}' in text
+    assert 'modelfleet_reconcile_total{kind="FusionJob",result="success"}' in text
     assert 'modelfleet_resources{kind="FedJob",ready="False"} 1.0' in text
     assert "modelfleet_reconcile_duration_seconds_bucket" in text
     assert 'modelfleet_admission_reviews_total{allowed="false",kind="FedJob"}' in text
@@ -110,3 +123,64 @@ def test_invalid_spec_past_the_webhook_is_reported_once(kube: Kube, operator: Op
     ]
     assert len(events) == 1 and events[0].get("count", 1) == 1
     assert operator.process.poll() is None
+
+
+def _pool_status(kube: Kube) -> dict[str, Any]:
+    return kube.get(POOL, "-n", NS).get("status") or {}
+
+
+@pytest.mark.slow
+def test_modelpool_serves_through_the_openai_client(kube: Kube, operator: Operator) -> None:
+    ready = kube.wait_reason(POOL, NS, "Serving", timeout=SERVING_TIMEOUT)
+    assert ready["status"] == "True", operator.logs()[-3000:]
+    status = _pool_status(kube)
+    assert status["endpoint"] == POOL_BASE
+    assert status["replicas"] == 2
+    assert status["replicasByGpuType"] == [{"gpuType": "cpu", "model": "tiny-chat", "replicas": 2}]
+    assert status["costPerHour"] == pytest.approx(0.2)
+    assert kube("get", POOL, "-n", NS, "-o", "jsonpath={.status.replicas}") == "2"
+    kube.wait_reason("routingpolicy/chat-router", NS, "TargetsReady")
+
+    client = openai.OpenAI(base_url=POOL_BASE, api_key="unused", max_retries=0, timeout=60)
+    assert [m.id for m in client.models.list()] == ["tiny-chat"]
+    stream = client.chat.completions.create(
+        model="tiny-chat",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+    with pytest.raises(openai.NotFoundError, match="no-such-model"):
+        client.completions.create(model="no-such-model", prompt="hi", max_tokens=1)
+
+
+@pytest.mark.slow
+def test_scaling_a_pool_drains_in_place(kube: Kube, operator: Operator) -> None:
+    kube.wait_reason(POOL, NS, "Serving", timeout=SERVING_TIMEOUT)
+    kube("scale", POOL, "-n", NS, "--replicas=1")
+    wait_for(lambda: _pool_status(kube).get("replicas") == 1, 120, "the pool to scale to 1")
+    ready = kube.wait_reason(POOL, NS, "Serving", timeout=60)
+    assert ready["message"].startswith("1 replica(s) serving")
+    assert _pool_status(kube)["costPerHour"] == pytest.approx(0.1)
+    events = kube.get("events", "-n", NS)["items"]
+    updates = [e for e in events if e["reason"] == "WorkloadUpdated"]
+    assert any(e["involvedObject"]["name"] == "chat" for e in updates)
+
+
+@pytest.mark.slow
+def test_deleting_a_pool_removes_its_application(kube: Kube, operator: Operator) -> None:
+    kube.wait_reason(POOL, NS, "Serving", timeout=SERVING_TIMEOUT)
+    kube("delete", POOL, "-n", NS, "--timeout=60s")
+
+    def gone() -> bool:
+        try:
+            urllib.request.urlopen(f"{POOL_BASE}/models", timeout=5)
+        except urllib.error.HTTPError as error:
+            return error.code == 404
+        return False
+
+    assert wait_for(gone, 60, "the Serve application to be deleted")
+    router = kube.wait_reason("routingpolicy/chat-router", NS, "TargetNotFound")
+    assert "['chat']" in router["message"]

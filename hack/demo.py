@@ -16,6 +16,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+import openai
 
 from modelfleet.devcluster import LocalCluster, find_binaries
 from modelfleet.devcluster.cluster import free_port
@@ -24,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
 
 
-def start_operator(cluster: LocalCluster, metrics_port: int) -> int:
+def start_operator(cluster: LocalCluster, metrics_port: int, serve_port: int) -> int:
     log = (DEMO / "operator.log").open("ab")
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     process = subprocess.Popen(
@@ -34,7 +37,8 @@ def start_operator(cluster: LocalCluster, metrics_port: int) -> int:
             "--backend=local",
             f"--metrics-port={metrics_port}",
             f"--webhook-port={free_port()}",
-            "--resync-seconds=10",
+            f"--serve-port={serve_port}",
+            "--resync-seconds=5",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -101,11 +105,84 @@ def show(cluster: LocalCluster, items: list[dict[str, object]], metrics_port: in
         ln for ln in lines if ln.startswith(("modelfleet_reconcile_total", "modelfleet_resources"))
     ][:8]:
         print("  " + line)
+
+
+def wait_for_pool(cluster: LocalCluster, name: str, timeout: float = 300) -> dict[str, Any]:
+    """The pool's status once it serves, printing each new Ready reason on the way."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        pool = json.loads(cluster.kubectl("get", f"modelpool/{name}", "-o", "json"))
+        status = pool.get("status") or {}
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        line = f"  Ready={ready.get('status')} ({ready.get('reason')}): {ready.get('message')}"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if ready.get("status") == "True":
+            return dict(status)
+        time.sleep(2)
+    raise TimeoutError(f"modelpool/{name} did not serve in {timeout}s; see {DEMO / 'operator.log'}")
+
+
+def query_pool(endpoint: str) -> None:
+    """A few requests through the official openai client, one of them streamed."""
+    client = openai.OpenAI(base_url=endpoint, api_key="unused", max_retries=2, timeout=60)
+    print(f"  models: {[m.id for m in client.models.list()]}")
+    reply = client.chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "Hello!"}], max_tokens=16
+    )
+    usage = reply.usage
+    assert usage is not None
+    print(
+        f"  chat completion {reply.id}: {usage.prompt_tokens} prompt + "
+        f"{usage.completion_tokens} completion tokens, "
+        f"finish_reason={reply.choices[0].finish_reason}"
+    )
+    started = time.perf_counter()
+    first = 0.0
+    chunks = 0
+    stream = client.completions.create(
+        model="tiny-chat", prompt="Once upon a time", max_tokens=32, stream=True
+    )
+    for _ in stream:
+        chunks += 1
+        first = first or time.perf_counter() - started
+    total = time.perf_counter() - started
+    print(
+        f"  streamed completion: {chunks} chunks, first after {first * 1000:.0f} ms, "
+        f"all in {total * 1000:.0f} ms"
+    )
+    print(
+        "  (the tiny model's weights are drawn from a seed, so its text is noise: the path is real)"
+    )
+
+
+def serve_demo(cluster: LocalCluster) -> None:
+    print("\nServing modelpool/chat on a local Ray (Ray Serve, 2 engine replicas) ...")
+    status = wait_for_pool(cluster, "chat")
+    endpoint = status["endpoint"]
+    print(f"  endpoint {endpoint}")
+    query_pool(endpoint)
+    print("\n$ kubectl scale modelpool chat --replicas 1   (drains a replica; no stream is cut)")
+    print("  " + cluster.kubectl("scale", "modelpool/chat", "--replicas=1").strip())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pool = json.loads(cluster.kubectl("get", "modelpool/chat", "-o", "json"))
+        if (pool.get("status") or {}).get("replicas") == 1:
+            break
+        time.sleep(2)
+    print("\n$ kubectl get modelpool")
+    print(cluster.kubectl("get", "modelpool"))
+
+
+def footer(cluster: LocalCluster) -> None:
     print(f"""
-The control plane and the operator keep running:
+The control plane, the operator and its Ray keep running:
   export KUBECONFIG={cluster.kubeconfig}
   {cluster.bin_dir / "kubectl"} get modelfleet
   {cluster.bin_dir / "kubectl"} explain fedjob.spec.clients
+  curl -s $(kubectl get modelpool chat -o jsonpath='{{.status.endpoint}}')/models
   operator log: {DEMO / "operator.log"}
 Stop everything with: make demo-down""")
 
@@ -127,10 +204,13 @@ def main() -> int:
     print(cluster.kubectl("apply", "-f", str(ROOT / "crds")).strip())
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     metrics_port = free_port()
-    print(f"Starting the operator (backend=local), pid {start_operator(cluster, metrics_port)}")
+    pid = start_operator(cluster, metrics_port, free_port())
+    print(f"Starting the operator (backend=local), pid {pid}")
     wait_for_webhook(cluster)
     print(cluster.kubectl("apply", "-f", str(ROOT / "examples")).strip())
     show(cluster, wait_for_conditions(cluster), metrics_port)
+    serve_demo(cluster)
+    footer(cluster)
     return 0
 
 

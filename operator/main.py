@@ -69,10 +69,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--runtime-image", default=env("MODELFLEET_RUNTIME_IMAGE", "modelfleet/runtime:0.1.0")
     )
     parser.add_argument(
+        "--ray-address",
+        default=env("MODELFLEET_RAY_ADDRESS"),
+        help="local backend: the Ray to serve pools on ('auto', host:port); "
+        "unset starts a private Ray inside the operator on the first pool",
+    )
+    parser.add_argument("--serve-host", default=env("MODELFLEET_SERVE_HOST", "127.0.0.1"))
+    parser.add_argument("--serve-port", type=int, default=int(env("MODELFLEET_SERVE_PORT", "8000")))
+    parser.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=float(env("MODELFLEET_REPLICA_CPUS", "0.5")),
+        help="local backend: Ray CPUs each engine replica reserves",
+    )
+    parser.add_argument(
         "--resync-seconds", type=float, default=float(env("MODELFLEET_RESYNC_SECONDS", "30"))
     )
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
+
+
+def make_backend(args: argparse.Namespace, api: Any) -> Any:
+    """The chosen backend; only its own dependencies are imported (Ray for local)."""
+    if args.backend == "kuberay":
+        from modelfleet.backends.kuberay import KubeRayBackend
+
+        return KubeRayBackend(api, args.runtime_image)
+    from modelfleet.backends.local import LocalBackend
+    from modelfleet.backends.local_serve import ServeSettings
+
+    return LocalBackend(
+        ServeSettings(args.ray_address, args.serve_host, args.serve_port, args.replica_cpus)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,8 +121,6 @@ def main(argv: list[str] | None = None) -> None:
     import controllers.routingpolicy
     from controllers.context import OperatorContext, configure
     from controllers.probes import ensure_peering, serve_probes
-    from modelfleet.backends.kuberay import KubeRayBackend
-    from modelfleet.backends.local import LocalBackend
     from modelfleet.core import tls
 
     if args.webhook != "off":
@@ -105,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     except config.ConfigException:
         config.load_kube_config()
     api = client.ApiClient()
-    backend = LocalBackend() if args.backend == "local" else KubeRayBackend(api, args.runtime_image)
+    backend = make_backend(args, api)
     configure(OperatorContext(backend=backend, api=api))
 
     probes: list[Any] = []

@@ -153,5 +153,7 @@ class ModelPoolStatus(BaseStatus):
         default=None, ge=0, le=1, description="Share of recent requests within both SLOs."
     )
     cost_per_hour: float = Field(default=0.0, ge=0, description="What the replicas cost now.")
-    migrations: int = Field(default=0, ge=0, description="Live migrations performed.")
+    migrations: int = Field(
+        default=0, ge=0, description="Live request migrations the running pool has performed."
+    )
     workload: str = Field(default="", max_length=253, description="Name of the child workload.")

@@ -40,6 +40,10 @@ class Backend(Protocol):
 
     def observe(self, owner: Owner, workload: Workload) -> Observation: ...
 
+    def release(self, owner: Owner, workload_name: str) -> None:
+        """Free what the workload holds outside Kubernetes once its owner is deleted."""
+        ...
+
     def inventory(self) -> Inventory | None:
         """The GPU nodes workloads can be placed on, or None where placement is moot."""
         ...

@@ -24,6 +24,7 @@ from modelfleet.core.workload import (
     Workload,
     WorkloadKind,
     WorkloadState,
+    distribute_ready,
 )
 from modelfleet.scheduling.inventory import Inventory, read_inventory
 
@@ -157,12 +158,7 @@ def observe_rayservice(obj: dict[str, Any], workload: Workload) -> Observation:
             "RayServiceStarting",
             f"waiting for the RayService: serviceStatus={status.get('serviceStatus') or 'unset'}",
         )
-    endpoints = int(status.get("numServeEndpoints", 0))
-    ready: dict[str, int] = {}
-    for group in workload.worker_groups:
-        take = min(group.replicas, endpoints)
-        ready[group.gpu_type] = ready.get(group.gpu_type, 0) + take
-        endpoints -= take
+    ready = distribute_ready(workload.worker_groups, int(status.get("numServeEndpoints", 0)))
     namespace = obj["metadata"]["namespace"]
     return Observation(
         WorkloadState.RUNNING,
@@ -189,6 +185,9 @@ class KubeRayBackend:
     def inventory(self) -> Inventory:
         """The cluster's GPU nodes, read from their labels (see modelfleet.scheduling.inventory)."""
         return self._inventory.get()
+
+    def release(self, owner: Owner, workload_name: str) -> None:
+        """Children carry owner references, so Kubernetes' garbage collector deletes them."""
 
     def installed(self) -> bool:
         """Whether the API server serves ray.io/v1 (the KubeRay CRDs)."""

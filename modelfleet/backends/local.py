@@ -1,7 +1,9 @@
 """The embedded default: workloads run on a Ray on this machine.
 
-A workload runs locally only when its runtime module ships in this install;
-until then the backend says which module is missing instead of pretending.
+Services (ModelPools) are deployed as Ray Serve applications by
+:class:`~modelfleet.backends.local_serve.LocalServe`. A job runs locally only
+when its runtime module ships in this install; until then the backend says
+which module is missing instead of pretending.
 """
 
 from __future__ import annotations
@@ -9,7 +11,14 @@ from __future__ import annotations
 import importlib.util
 
 from modelfleet.backends.base import Owner
-from modelfleet.core.workload import ApplyResult, Observation, Workload, WorkloadState
+from modelfleet.backends.local_serve import LocalServe, ServeSettings
+from modelfleet.core.workload import (
+    ApplyResult,
+    Observation,
+    Workload,
+    WorkloadKind,
+    WorkloadState,
+)
 from modelfleet.scheduling.inventory import Inventory
 
 RUNTIME_NOT_AVAILABLE = "RuntimeNotAvailable"
@@ -26,15 +35,22 @@ def runtime_available(entrypoint: str) -> bool:
 class LocalBackend:
     name = "local"
 
+    def __init__(self, serve_settings: ServeSettings | None = None) -> None:
+        self.serve = LocalServe(serve_settings or ServeSettings())
+
     def inventory(self) -> Inventory | None:
         """Everything runs on this machine: there are no nodes to choose between."""
         return None
 
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
-        """Nothing to start while the runtime is missing; the observation says so."""
+        """Deploy services; jobs have nothing to start yet, and their observation says so."""
+        if workload.kind is WorkloadKind.SERVICE:
+            return self.serve.apply(owner, workload)
         return ApplyResult.SKIPPED
 
     def observe(self, owner: Owner, workload: Workload) -> Observation:
+        if workload.kind is WorkloadKind.SERVICE:
+            return self.serve.observe(owner, workload)
         if runtime_available(workload.entrypoint):
             return Observation(
                 WorkloadState.UNAVAILABLE,
@@ -50,3 +66,7 @@ class LocalBackend:
             f"({workload.entrypoint}) is not part of this release, so the local backend "
             f"cannot run it yet",
         )
+
+    def release(self, owner: Owner, workload_name: str) -> None:
+        """Nothing outside Kubernetes collects a local service, so delete it here."""
+        self.serve.delete(owner, workload_name)

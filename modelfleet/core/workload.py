@@ -73,7 +73,12 @@ class Observation:
     reason: str
     message: str = ""
     ready_replicas: dict[str, int] = field(default_factory=dict)
+    """Ready replicas by GPU type."""
+    model_replicas: dict[str, int] = field(default_factory=dict)
+    """Ready replicas by served model, where the backend can tell them apart."""
     endpoint: str = ""
+    migrations: int = 0
+    """Live request migrations the service has performed."""
 
 
 class ApplyResult(StrEnum):
@@ -81,6 +86,20 @@ class ApplyResult(StrEnum):
     UPDATED = "Updated"
     UNCHANGED = "Unchanged"
     SKIPPED = "Skipped"
+
+
+def distribute_ready(groups: tuple[WorkerGroup, ...], ready: int) -> dict[str, int]:
+    """Attribute ``ready`` replicas to GPU types, filling the planned groups in order.
+
+    Serving backends report how many replicas answer, not where each one runs;
+    replicas start group by group, so the earlier groups fill first.
+    """
+    by_type: dict[str, int] = {}
+    for group in groups:
+        take = min(group.replicas, ready)
+        by_type[group.gpu_type] = by_type.get(group.gpu_type, 0) + take
+        ready -= take
+    return by_type
 
 
 def worker_group_name(index: int, gpu_type: str) -> str:

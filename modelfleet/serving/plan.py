@@ -14,6 +14,7 @@ from modelfleet.core.workload import (
     WorkerGroup,
     Workload,
     WorkloadKind,
+    distribute_ready,
     gpu_selector,
     worker_group_name,
 )
@@ -99,18 +100,33 @@ def compute_modelpool_status(
     generation: int,
     now: datetime,
 ) -> ModelPoolStatus:
-    """Ready replicas by GPU type and what they cost, plus the usual conditions."""
+    """Ready replicas by model and GPU type, what they cost, migrations, and conditions."""
     ready = observation.ready_replicas
+    total = sum(ready.values())
     return compute_workload_status(
         workload,
         observation,
         previous,
         generation,
         now,
-        replicas=sum(ready.values()),
-        replicas_by_gpu_type=[
-            ReplicaCount(gpu_type=g, replicas=n) for g, n in sorted(ready.items())
-        ],
+        replicas=total,
+        replicas_by_gpu_type=replicas_by_model(spec, workload, observation, total),
         endpoint=observation.endpoint,
         cost_per_hour=hourly_cost(ready, spec.gpu_types, gpus_per_replica(spec)),
+        migrations=observation.migrations,
     )
+
+
+def replicas_by_model(
+    spec: ModelPoolSpec, workload: Workload, observation: Observation, total: int
+) -> list[ReplicaCount]:
+    """Each model's ready replicas spread over the GPU types; where the backend cannot
+    tell models apart, every model counts as ready on every ready replica."""
+    counts = [
+        ReplicaCount(gpu_type=gpu_type, model=model.name, replicas=n)
+        for model in spec.models
+        for gpu_type, n in distribute_ready(
+            workload.worker_groups, observation.model_replicas.get(model.name, total)
+        ).items()
+    ]
+    return sorted(counts, key=lambda c: (c.gpu_type, c.model))

@@ -18,8 +18,10 @@ from modelfleet.core.workload import (
     GPU_PRODUCT_LABEL,
     Blocked,
     Observation,
+    WorkerGroup,
     WorkloadKind,
     WorkloadState,
+    distribute_ready,
 )
 from modelfleet.federated.plan import SITE_LABEL, plan_fedjob
 from modelfleet.fusion.plan import plan_fusionjob
@@ -93,6 +95,50 @@ def test_modelpool_plan_uses_the_cheapest_types() -> None:
     status = compute_modelpool_status(spec, workload, seen, ModelPoolStatus(), 1, NOW)
     assert (status.replicas, status.cost_per_hour) == (3, 2 * 2 * 1 + 1 * 2 * 4)
     assert status.conditions[0].status is ConditionStatus.TRUE
+    by_type = {(c.gpu_type, c.model): c.replicas for c in status.replicas_by_gpu_type}
+    assert by_type == {("H100", "m"): 1, ("L4", "m"): 2}
+
+
+def test_modelpool_status_counts_each_models_ready_replicas_and_migrations() -> None:
+    spec = ModelPoolSpec.model_validate(
+        {
+            "models": [{"name": "a", "uri": "builtin://x"}, {"name": "b", "uri": "builtin://y"}],
+            "replicas": 3,
+            "gpuTypes": [
+                {"name": "cpu", "pricePerHour": 0.1, "available": 2},
+                {"name": "L4", "pricePerHour": 1, "available": 4},
+            ],
+        }
+    )
+    workload = plan_modelpool("chat", spec)
+    assert not isinstance(workload, Blocked)
+    seen = Observation(
+        WorkloadState.PENDING,
+        "ReplicasStarting",
+        ready_replicas=distribute_ready(workload.worker_groups, 3),
+        model_replicas={"a": 3, "b": 1},
+        migrations=7,
+    )
+    status = compute_modelpool_status(spec, workload, seen, ModelPoolStatus(), 1, NOW)
+    by_type = {(c.gpu_type, c.model): c.replicas for c in status.replicas_by_gpu_type}
+    assert by_type == {("cpu", "a"): 2, ("cpu", "b"): 1, ("L4", "a"): 1, ("L4", "b"): 0}
+    assert (status.replicas, status.migrations) == (3, 7)
+    assert status.cost_per_hour == 2 * 0.1 + 1 * 1 * 2
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=4),
+    st.integers(min_value=0, max_value=30),
+)
+def test_ready_replicas_fill_groups_in_order_and_never_exceed_them(
+    sizes: list[int], ready: int
+) -> None:
+    groups = tuple(WorkerGroup(f"g{i}", f"t{i}", n) for i, n in enumerate(sizes))
+    placed = distribute_ready(groups, ready)
+    assert sum(placed.values()) == min(ready, sum(sizes))
+    assert all(placed[g.gpu_type] <= g.replicas for g in groups)
+    full = [placed[g.gpu_type] == g.replicas for g in groups]
+    assert full == sorted(full, reverse=True)  # a group fills only after those before it
 
 
 def test_fedjob_groups_clients_by_hardware_and_site() -> None:

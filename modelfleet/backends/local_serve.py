@@ -1,0 +1,218 @@
+"""ModelPools as Ray Serve applications on a Ray on this machine (the local backend).
+
+The operator reconciles from kopf's worker threads and must never block on a
+deployment: loading models and scaling up take seconds. Deployments therefore
+run one at a time on a background thread, and each reconcile only looks at how
+far the latest one got. The Ray cluster is started (or joined) on the first
+pool, so an operator that serves nothing never starts Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import serve
+
+from modelfleet.backends.base import Owner
+from modelfleet.core.workload import (
+    ApplyResult,
+    Observation,
+    Workload,
+    WorkloadState,
+    distribute_ready,
+)
+from modelfleet.serving.app import deploy, pool_status
+from modelfleet.serving.frontend import OPTIONS_KEY
+
+RAY_NAMESPACE = "modelfleet"
+DEPLOYING = "Deploying"
+DEPLOY_FAILED = "DeployFailed"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Where the local Ray and Serve's HTTP proxy live, and how replicas are sized."""
+
+    ray_address: str | None = None
+    """``None`` starts a private Ray inside the operator; otherwise joined (``auto`` too)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replica_cpus: float = 0.5
+    """Ray CPUs one engine replica reserves; small so a laptop can hold a few replicas."""
+
+
+def app_name(owner: Owner, workload_name: str) -> str:
+    """A Serve application name unique per resource: namespaces cannot contain dots."""
+    return f"{owner.namespace}.{workload_name}"
+
+
+def route_prefix(owner: Owner) -> str:
+    """Each pool answers under /<namespace>/<name> on the shared Serve proxy."""
+    return f"/{owner.namespace}/{owner.name}"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_in_background(work: Callable[..., None], *args: Any) -> Future[None]:
+    """Run ``work`` on a daemon thread: a rollout stuck waiting for Ray resources must
+    not keep the operator from exiting, as an executor's joined workers would."""
+    future: Future[None] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            work(*args)
+        except BaseException as error:  # handed to whoever observes the rollout
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=run, name="serve-rollout", daemon=True).start()
+    return future
+
+
+@dataclass
+class _Rollout:
+    """The latest deployment of one application and how it went."""
+
+    config_hash: str
+    future: Future[None]
+
+
+class LocalServe:
+    """Deploys, observes and deletes pools on the local Ray; safe to call from many threads."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._rollouts: dict[str, _Rollout] = {}
+        self._app_locks: dict[str, threading.Lock] = {}
+        self._serving = False
+        self._ray_owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-owner")
+
+    def base_url(self) -> str:
+        return f"http://{self._settings.host}:{self._settings.port}"
+
+    def _connect(self) -> None:
+        """Start or join Ray and Serve once; repeated calls are no-ops.
+
+        Ray ties the processes of a private cluster to the *thread* that starts them
+        (Linux's parent-death signal follows the thread), so they are started on a
+        thread that lives as long as the operator, never on a short-lived rollout thread.
+        """
+        self._ray_owner.submit(self._start_ray).result()
+
+    def _start_ray(self) -> None:
+        if self._serving:
+            return
+        if not ray.is_initialized():
+            ray.init(
+                address=self._settings.ray_address,
+                namespace=RAY_NAMESPACE,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+            )
+        serve.start(http_options={"host": self._settings.host, "port": self._settings.port})
+        self._serving = True
+
+    def _app_lock(self, name: str) -> threading.Lock:
+        """One application's rollouts and deletion run in order; other pools run alongside."""
+        with self._lock:
+            return self._app_locks.setdefault(name, threading.Lock())
+
+    def _deploy(self, name: str, config: dict[str, Any], prefix: str) -> None:
+        with self._app_lock(name):
+            self._connect()
+            deploy(config, name=name, route_prefix=prefix)
+
+    def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
+        """Start a rollout when the pool is new or its spec changed; otherwise nothing."""
+        name = app_name(owner, workload.name)
+        config = {**workload.config, OPTIONS_KEY: {"replicaNumCpus": self._settings.replica_cpus}}
+        digest = config_hash(config)
+        with self._lock:
+            current = self._rollouts.get(name)
+            if current is not None and current.config_hash == digest:
+                return ApplyResult.UNCHANGED
+            future = run_in_background(self._deploy, name, config, route_prefix(owner))
+            self._rollouts[name] = _Rollout(digest, future)
+        return ApplyResult.CREATED if current is None else ApplyResult.UPDATED
+
+    def observe(self, owner: Owner, workload: Workload) -> Observation:
+        """The rollout's progress, then the running pool's ready replicas and migrations."""
+        name = app_name(owner, workload.name)
+        with self._lock:
+            rollout = self._rollouts.get(name)
+        if rollout is None:
+            return Observation(WorkloadState.MISSING, "NotDeployed", f"{name} is not deployed")
+        if not rollout.future.done():
+            replicas = workload.config.get("replicas", 0)
+            return Observation(
+                WorkloadState.PENDING,
+                DEPLOYING,
+                f"deploying Serve application {name} with {replicas} replica(s) on the local Ray",
+            )
+        error = rollout.future.exception()
+        if error is not None:
+            return Observation(WorkloadState.FAILED, DEPLOY_FAILED, f"{name}: {error}")
+        try:
+            status = pool_status(name, route_prefix(owner))
+        except Exception as error:  # Ray and Serve raise many types; all mean: redeploy.
+            with self._lock:
+                if self._rollouts.get(name) is rollout:
+                    del self._rollouts[name]
+            return Observation(
+                WorkloadState.UNAVAILABLE,
+                "ServeUnreachable",
+                f"{name} does not answer ({type(error).__name__}: {error}); redeploying it",
+            )
+        return self._observe_running(workload, status)
+
+    def _observe_running(self, workload: Workload, status: dict[str, Any]) -> Observation:
+        desired = int(workload.config.get("replicas", 0))
+        ready = int(status["readyReplicas"])
+        endpoint = self.base_url() + status["endpoint"]
+        by_model = {model: int(s["readyReplicas"]) for model, s in status["models"].items()}
+        common = {
+            "ready_replicas": distribute_ready(workload.worker_groups, ready),
+            "model_replicas": by_model,
+            "endpoint": endpoint,
+            "migrations": int(status["migrations"]),
+        }
+        if ready < desired:
+            return Observation(
+                WorkloadState.PENDING,
+                "ReplicasStarting",
+                f"{ready}/{desired} replica(s) ready on the local Ray",
+                **common,
+            )
+        return Observation(
+            WorkloadState.RUNNING,
+            "Serving",
+            f"{ready} replica(s) serving at {endpoint} on the local Ray",
+            **common,
+        )
+
+    def delete(self, owner: Owner, workload_name: str) -> None:
+        """Delete the pool's application; its resource is gone, so nothing is drained."""
+        name = app_name(owner, workload_name)
+        with self._lock:
+            rollout = self._rollouts.pop(name, None)
+        if rollout is not None:
+            rollout.future.cancel()
+        if not ray.is_initialized() and self._settings.ray_address is None:
+            return  # a private Ray that never started holds nothing
+        with self._app_lock(name):
+            self._connect()
+            serve.delete(name)

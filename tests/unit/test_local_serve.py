@@ -1,0 +1,34 @@
+"""The local backend's serving helpers that need no Ray: names and background rollouts."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from modelfleet.backends.base import Owner
+from modelfleet.backends.local_serve import app_name, route_prefix, run_in_background
+
+
+def owner(namespace: str, name: str) -> Owner:
+    return Owner("modelfleet.io/v1alpha1", "ModelPool", name, namespace, "uid")
+
+
+def test_application_names_cannot_collide_across_namespaces() -> None:
+    assert app_name(owner("a-b", "c"), "c-serve") != app_name(owner("a", "b-c"), "b-c-serve")
+    assert route_prefix(owner("team", "chat")) == "/team/chat"
+
+
+def test_a_rollout_reports_its_result_and_runs_on_a_daemon_thread() -> None:
+    seen: list[bool] = []
+    done = run_in_background(lambda: seen.append(threading.current_thread().daemon))
+    assert done.result(timeout=5) is None and seen == [True]
+
+
+def test_a_failed_rollout_keeps_its_error_for_the_observer() -> None:
+    def fail(uri: str) -> None:
+        raise ValueError(f"model uri {uri!r} is not supported")
+
+    failed = run_in_background(fail, "hf://x")
+    with pytest.raises(ValueError, match="hf://x"):
+        failed.result(timeout=5)
