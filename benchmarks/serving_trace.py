@@ -1,13 +1,16 @@
-"""Trace replay against a pool of engine replica actors: load-aware + migration vs round-robin.
+"""Trace replay against a pool of engine replica actors: the pool's dispatch and migration
+against Ray Serve's default routing.
 
 Run: ``python benchmarks/serving_trace.py``. Every figure is a ratio against a baseline
 measured in the same run, so the numbers compare across machines; nothing is asserted.
 
 One trace (bursty gamma arrivals, long-tailed output lengths) is replayed on a local
-Ray against fresh replicas of the tiny model under two policies: the pool's (load-aware
-dispatch by KV freeness plus live-migration rebalancing) and the baseline that stands
-for Ray Serve's default routing (round-robin, no migration). Each policy replays the
-trace twice, in the order A B B A so neither profits from going first, and the
+Ray against fresh replicas of the tiny model under four policies: Ray Serve's default
+router (power of two choices on queue length, no migration), round-robin (no load
+information at all), load-aware dispatch by KV freeness without migration, and the
+pool's policy (load-aware dispatch plus live-migration rebalancing). The middle rows
+separate what dispatch and migration each contribute. Each policy replays the trace
+twice, in the order A B C D D C B A so none profits from its position, and the
 percentiles pool both replays. The pool manager drives real Ray actors; HTTP is left
 out so the client does not compete for the two CPU cores. Printed: p50/p99 time to
 first token and end-to-end latency per policy, and baseline / pool ratios (above 1:
@@ -34,6 +37,7 @@ from modelfleet.serving.manager import PoolManager, Stream
 MAX_PROMPT = 160
 MAX_OUTPUT = 480
 MAX_MODEL_LEN = MAX_PROMPT + MAX_OUTPUT
+POOL = "load-aware + migration"
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,10 @@ def main() -> None:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     trace = make_trace(args.requests, args.rate, args.burstiness, args.seed)
     runs = {
-        "round-robin, no migration": (DispatchPolicy.ROUND_ROBIN, False),
-        "load-aware + migration": (DispatchPolicy.LOAD_AWARE, True),
+        "Ray Serve default (pow-2)": (DispatchPolicy.POWER_OF_TWO, False),
+        "round-robin": (DispatchPolicy.ROUND_ROBIN, False),
+        "load-aware, no migration": (DispatchPolicy.LOAD_AWARE, False),
+        POOL: (DispatchPolicy.LOAD_AWARE, True),
     }
     order = [*runs, *reversed(runs)]
     latencies: dict[str, list[Latency]] = {label: [] for label in runs}
@@ -151,16 +157,19 @@ def main() -> None:
         e2e = percentiles([latency.e2e_s for latency in latencies[label]])
         results[label] = (ttft, e2e)
         print(
-            f"{label:28s} TTFT p50 {ttft[0] * 1e3:7.0f} ms  p99 {ttft[1] * 1e3:7.0f} ms   "
+            f"{label:26s} TTFT p50 {ttft[0] * 1e3:7.0f} ms  p99 {ttft[1] * 1e3:7.0f} ms   "
             f"E2E p50 {e2e[0]:6.2f} s  p99 {e2e[1]:6.2f} s   migrations {migrations[label]}"
         )
     ray.shutdown()
-    (base_ttft, base_e2e), (pool_ttft, pool_e2e) = results.values()
-    print(
-        "baseline / pool:  "
-        f"TTFT p50 {base_ttft[0] / pool_ttft[0]:.2f}x  p99 {base_ttft[1] / pool_ttft[1]:.2f}x   "
-        f"E2E p50 {base_e2e[0] / pool_e2e[0]:.2f}x  p99 {base_e2e[1] / pool_e2e[1]:.2f}x"
-    )
+    pool_ttft, pool_e2e = results[POOL]
+    for label, (base_ttft, base_e2e) in results.items():
+        if label == POOL:
+            continue
+        print(
+            f"{label} / pool:".ljust(38)
+            + f"TTFT p50 {base_ttft[0] / pool_ttft[0]:.2f}x  p99 {base_ttft[1] / pool_ttft[1]:.2f}x"
+            f"   E2E p50 {base_e2e[0] / pool_e2e[0]:.2f}x  p99 {base_e2e[1] / pool_e2e[1]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

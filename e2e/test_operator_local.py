@@ -155,6 +155,15 @@ def test_modelpool_serves_through_the_openai_client(kube: Kube, operator: Operat
     with pytest.raises(openai.NotFoundError, match="no-such-model"):
         client.completions.create(model="no-such-model", prompt="hi", max_tokens=1)
 
+    attainment = wait_for(
+        lambda: _pool_status(kube).get("sloAttainment") is not None and _pool_status(kube),
+        30,
+        "the pool's SLO attainment in its status",
+    )["sloAttainment"]
+    assert 0 <= attainment <= 1
+    series = f'modelfleet_modelpool_slo_attainment_ratio{{name="chat",namespace="{NS}"}}'
+    assert wait_for(lambda: series in _metrics(operator), 30, "the attainment series")
+
 
 @pytest.mark.slow
 def test_scaling_a_pool_drains_in_place(kube: Kube, operator: Operator) -> None:

@@ -189,6 +189,7 @@ class LocalServe:
             "model_replicas": by_model,
             "endpoint": endpoint,
             "migrations": int(status["migrations"]),
+            "slo_attainment": status.get("sloAttainment"),
         }
         if ready < desired:
             return Observation(

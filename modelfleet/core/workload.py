@@ -79,6 +79,8 @@ class Observation:
     endpoint: str = ""
     migrations: int = 0
     """Live request migrations the service has performed."""
+    slo_attainment: float | None = None
+    """Share of recent requests within the latency objectives, where the backend measures it."""
 
 
 class ApplyResult(StrEnum):

@@ -19,10 +19,11 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve import Application, Deployment
 
-from modelfleet.serving.catalog import resolve_model
+from modelfleet.serving.catalog import resolve_served_model
 from modelfleet.serving.frontend import PoolFrontend, split_args
 from modelfleet.serving.manager import MigrationReport
 from modelfleet.serving.openai_api import ApiError
+from modelfleet.serving.vllm_engine import VllmModel
 
 api = FastAPI(title="modelfleet ModelPool")
 
@@ -88,8 +89,13 @@ def build(args: dict[str, Any]) -> Application:
     ``ValueError`` (pydantic's included) for an invalid spec or an unsupported model URI.
     """
     spec, options = split_args(args)
-    for model in spec.models:
-        resolve_model(model.uri, model.max_model_len)
+    for index, model in enumerate(spec.models):
+        if isinstance(resolve_served_model(model, index), VllmModel):
+            raise ValueError(
+                f"spec.models[{index}].engine: vllm engines run behind the engine interface "
+                f"but the HTTP endpoint only has the byte-level tokenizer of the builtin "
+                f"models, which would garble a Hugging Face model's prompts; use engine: torch"
+            )
     deployment = cast(Deployment, PoolIngress)
     return deployment.options(user_config=spec.to_wire()).bind(
         [model.to_wire() for model in spec.models], options.to_wire()

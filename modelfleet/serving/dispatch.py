@@ -10,6 +10,7 @@ room to grow. Draining replicas never receive requests.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,10 +20,12 @@ HIGH_PRIORITY = 1
 
 
 class DispatchPolicy(StrEnum):
-    """``load-aware`` is the pool's policy; ``round-robin`` is the baseline it is measured
-    against (what a router blind to engine state does)."""
+    """``load-aware`` is the pool's policy; the others are baselines it is measured
+    against: ``power-of-two`` is Ray Serve's default router (two random replicas, the one
+    with fewer requests), ``round-robin`` a router blind to any load."""
 
     LOAD_AWARE = "load-aware"
+    POWER_OF_TWO = "power-of-two"
     ROUND_ROBIN = "round-robin"
 
 
@@ -80,6 +83,16 @@ def choose_round_robin(views: Sequence[ReplicaView], turn: int) -> ReplicaView |
     """The baseline: the ``turn``-th non-draining replica in name order, cyclically."""
     candidates = sorted((v for v in views if not v.draining), key=lambda v: v.name)
     return candidates[turn % len(candidates)] if candidates else None
+
+
+def choose_power_of_two(views: Sequence[ReplicaView], rng: random.Random) -> ReplicaView | None:
+    """Ray Serve's default: of two non-draining replicas drawn at random, the one serving
+    fewer requests. It sees queue lengths, not how much KV each request holds."""
+    candidates = sorted((v for v in views if not v.draining), key=lambda v: v.name)
+    if not candidates:
+        return None
+    pair = rng.sample(candidates, min(2, len(candidates)))
+    return min(pair, key=lambda v: (v.requests, v.name))
 
 
 def has_capacity(views: Sequence[ReplicaView], max_requests_per_replica: int) -> bool:

@@ -7,6 +7,7 @@ streams into OpenAI responses and server-sent events.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,8 +15,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
 from modelfleet.api.common import ApiModel
-from modelfleet.api.modelpool import ModelPoolSpec, ServedModel
-from modelfleet.serving.catalog import resolve_model
+from modelfleet.api.modelpool import ModelPoolSpec, ServedModel, Slo
+from modelfleet.serving.catalog import resolve_served_model
 from modelfleet.serving.dispatch import DispatchPolicy
 from modelfleet.serving.interface import TokenEvent
 from modelfleet.serving.manager import MigrationReport, OverloadedError, PoolManager, PoolSettings
@@ -35,6 +36,7 @@ from modelfleet.serving.openai_api import (
     usage,
 )
 from modelfleet.serving.replica import EngineSpec
+from modelfleet.serving.slo import RequestTiming, SloWindow, time_per_output_token
 from modelfleet.serving.tokenizer import ByteTokenizer
 from modelfleet.serving.torch_engine import EngineConfig
 
@@ -71,7 +73,8 @@ def split_args(args: dict[str, Any]) -> tuple[ModelPoolSpec, ServingOptions]:
 def pool_settings(
     model: ServedModel, spec: ModelPoolSpec, options: ServingOptions, app: str
 ) -> PoolSettings:
-    """Scheduling settings of one served model's replicas."""
+    """Scheduling settings of one served model's replicas (``ValueError`` for a bad URI)."""
+    index = [m.name for m in spec.models].index(model.name)
     engine = EngineConfig(
         num_blocks=max(options.num_blocks, -(-model.max_model_len // options.block_size)),
         block_size=options.block_size,
@@ -79,7 +82,7 @@ def pool_settings(
     )
     return PoolSettings(
         model=model.name,
-        engine=EngineSpec(resolve_model(model.uri, model.max_model_len), engine),
+        engine=EngineSpec(resolve_served_model(model, index), engine),
         replicas=spec.replicas,
         dispatch=options.dispatch,
         migration=spec.migration.enabled,
@@ -107,10 +110,13 @@ class PoolFrontend:
         self._app = app
         self._tokenizer = ByteTokenizer()
         self._pools: dict[str, PoolManager] = {}
+        self._slo = Slo()
+        self._timings = SloWindow()
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply the spec: start the managers, or change replica counts in place."""
         spec = ModelPoolSpec.model_validate(config)
+        self._slo = spec.slo
         for model in self._models:
             if model.name not in self._pools:
                 settings = pool_settings(model, spec, self._options, self._app)
@@ -155,6 +161,7 @@ class PoolFrontend:
             "endpoint": "/v1",
             "readyReplicas": min((m["readyReplicas"] for m in models.values()), default=0),
             "migrations": sum(m["migrations"] for m in models.values()),
+            "sloAttainment": self._timings.attainment(self._slo),
             "models": models,
         }
 
@@ -177,6 +184,7 @@ class PoolFrontend:
     async def _generate(
         self, request: GenerationRequest, text: str, prompt_param: str, chat: bool
     ) -> Response:
+        arrived = time.monotonic()
         model = next((m for m in self._models if m.name == request.model), None)
         if model is None or model.name not in self._pools:
             raise unknown_model(request.model, [m.name for m in self._models])
@@ -191,7 +199,7 @@ class PoolFrontend:
             raise ApiError(400, str(error), param=prompt_param) from error
         response_id = f"{'chatcmpl' if chat else 'cmpl'}-{stream.request_id}"
         pool = self._pools[model.name]
-        events = _events(stream.events)
+        events = _timed(_events(stream.events), arrived, self._timings)
         if request.stream:
             body = _stream_sse(response_id, request, len(prompt), chat, events)
             return StreamingResponse(
@@ -221,6 +229,21 @@ def internal_id(response_id: str) -> str:
         if response_id.startswith(prefix):
             return response_id.removeprefix(prefix)
     return response_id
+
+
+async def _timed(
+    events: AsyncIterator[TokenEvent], arrived: float, timings: SloWindow
+) -> AsyncIterator[TokenEvent]:
+    """Pass events on, recording the request's latencies as its client sees them once it
+    finishes; a request cut short (client gone, error) is not a sample."""
+    first: float | None = None
+    async for event in events:
+        elapsed = time.monotonic() - arrived
+        first = elapsed if first is None else first
+        if event.finished:
+            tpot = time_per_output_token(first, elapsed, event.index + 1)
+            timings.record(RequestTiming(first, tpot))
+        yield event
 
 
 async def _events(queue: Any) -> AsyncIterator[TokenEvent]:

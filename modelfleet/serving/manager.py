@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import secrets
 import time
 from collections import Counter
@@ -38,6 +39,7 @@ from ray.exceptions import RayActorError
 from modelfleet.serving.dispatch import (
     DispatchPolicy,
     ReplicaView,
+    choose_power_of_two,
     choose_replica,
     choose_round_robin,
     has_capacity,
@@ -148,6 +150,8 @@ class Replica:
 
     name: str
     actor: Any
+    total_blocks: int
+    """KV blocks the replica's engine reported at start (vLLM sizes its pool to the GPU)."""
     draining: bool = False
     pump: asyncio.Task[None] | None = None
 
@@ -165,6 +169,7 @@ class PoolManager:
         # Unique per manager: a redeploy starts a new ingress while the old one still runs.
         self._name_prefix = f"{settings.name_prefix}-{settings.model}-{secrets.token_hex(3)}"
         self._turn = itertools.count()
+        self._rng = random.Random()
         self._scaling = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._control: asyncio.Task[None] | None = None
@@ -262,6 +267,8 @@ class PoolManager:
     def _dispatch(self, views: list[ReplicaView], priority: int) -> Replica:
         if self.settings.dispatch is DispatchPolicy.ROUND_ROBIN:
             chosen = choose_round_robin(views, next(self._turn))
+        elif self.settings.dispatch is DispatchPolicy.POWER_OF_TWO:
+            chosen = choose_power_of_two(views, self._rng)
         else:
             chosen = choose_replica(views, priority, self.settings.headroom_blocks)
         if chosen is None:
@@ -272,7 +279,7 @@ class PoolManager:
         """Load of each replica from the requests the manager placed there."""
         engine = self.settings.engine.engine
         views = {
-            name: ReplicaView(name, engine.num_blocks, 0, 0, draining=replica.draining)
+            name: ReplicaView(name, replica.total_blocks, 0, 0, draining=replica.draining)
             for name, replica in self._replicas.items()
         }
         for stream in self._streams.values():
@@ -444,10 +451,11 @@ class PoolManager:
             name=name,
             namespace=self.settings.namespace,
             num_cpus=self.settings.replica_num_cpus,
+            num_gpus=self.settings.engine.gpus(),
             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
         ).remote(self.settings.engine)
-        await actor.start.remote()
-        replica = Replica(name, actor)
+        load = await actor.start.remote()
+        replica = Replica(name, actor, load.blocks_used + load.blocks_free)
         replica.pump = asyncio.get_running_loop().create_task(self._pump(replica))
         self._replicas[name] = replica
 

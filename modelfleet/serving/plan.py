@@ -114,6 +114,7 @@ def compute_modelpool_status(
         endpoint=observation.endpoint,
         cost_per_hour=hourly_cost(ready, spec.gpu_types, gpus_per_replica(spec)),
         migrations=observation.migrations,
+        slo_attainment=observation.slo_attainment,
     )
 
 

@@ -28,6 +28,7 @@ from modelfleet.serving.interface import (
 )
 from modelfleet.serving.model import ModelConfig, TinyDecoder
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
+from modelfleet.serving.vllm_engine import VllmEngine, VllmModel
 
 
 class ReplicaDrainingError(RuntimeError):
@@ -36,14 +37,29 @@ class ReplicaDrainingError(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """What a replica builds its engine from; plain data so it travels to the actor."""
+    """What a replica builds its engine from; plain data so it travels to the actor.
 
-    model: ModelConfig
+    ``model`` chooses the engine: a :class:`VllmModel` runs on vLLM, a ``ModelConfig``
+    on the torch engine. ``engine`` holds the block size and batch limit both honour
+    (the torch engine also its pool size), which the manager's view of a replica uses.
+    """
+
+    model: ModelConfig | VllmModel
     engine: EngineConfig
+
+    def gpus(self) -> int:
+        """GPUs the replica actor must reserve, so Ray exposes them to the engine."""
+        return self.model.tensor_parallel if isinstance(self.model, VllmModel) else 0
 
 
 def build_engine(spec: EngineSpec) -> ServingEngine:
-    """The torch engine of ``spec``; the seam where a vLLM engine would be chosen."""
+    """The engine ``spec.model`` asks for.
+
+    Raises :class:`~modelfleet.serving.vllm_engine.VllmUnavailableError` for a vLLM
+    model where vLLM or a CUDA device is missing, naming the spec field to change.
+    """
+    if isinstance(spec.model, VllmModel):
+        return VllmEngine(spec.model, spec.engine)
     return TorchEngine(TinyDecoder(spec.model), spec.engine)
 
 

@@ -118,11 +118,12 @@ def test_modelpool_status_counts_each_models_ready_replicas_and_migrations() -> 
         ready_replicas=distribute_ready(workload.worker_groups, 3),
         model_replicas={"a": 3, "b": 1},
         migrations=7,
+        slo_attainment=0.97,
     )
     status = compute_modelpool_status(spec, workload, seen, ModelPoolStatus(), 1, NOW)
     by_type = {(c.gpu_type, c.model): c.replicas for c in status.replicas_by_gpu_type}
     assert by_type == {("cpu", "a"): 2, ("cpu", "b"): 1, ("L4", "a"): 1, ("L4", "b"): 0}
-    assert (status.replicas, status.migrations) == (3, 7)
+    assert (status.replicas, status.migrations, status.slo_attainment) == (3, 7, 0.97)
     assert status.cost_per_hour == 2 * 0.1 + 1 * 1 * 2
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from itertools import combinations
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from modelfleet.serving.dispatch import (
     HIGH_PRIORITY,
     ReplicaView,
+    choose_power_of_two,
     choose_replica,
     choose_round_robin,
     freeness,
@@ -80,6 +84,28 @@ def test_round_robin_cycles_over_serving_replicas_in_name_order(
     serving = sorted(view.name for view in views if not view.draining)
     chosen = choose_round_robin(views, turn)
     assert (chosen.name if chosen else None) == (serving[turn % len(serving)] if serving else None)
+
+
+@given(views_strategy, st.integers(0, 2**32))
+def test_power_of_two_takes_the_less_loaded_of_some_serving_pair(
+    views: list[ReplicaView], seed: int
+) -> None:
+    serving = sorted((view for view in views if not view.draining), key=lambda v: v.name)
+    chosen = choose_power_of_two(views, random.Random(seed))
+    if not serving:
+        assert chosen is None
+        return
+    pairs = list(combinations(serving, 2)) or [(serving[0], serving[0])]
+    winners = {min(pair, key=lambda v: (v.requests, v.name)).name for pair in pairs}
+    assert chosen is not None and chosen.name in winners
+
+
+def test_power_of_two_is_blind_to_kv_use() -> None:
+    """Two replicas: it always takes the shorter queue, even when that one is out of KV."""
+    full = ReplicaView("a", total_blocks=64, used_blocks=64, requests=1)
+    idle = ReplicaView("b", total_blocks=64, used_blocks=0, requests=2)
+    assert choose_power_of_two([full, idle], random.Random(0)) == full
+    assert choose_replica([full, idle]) == idle
 
 
 @given(views_strategy, st.integers(1, 16))
