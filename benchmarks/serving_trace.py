@@ -97,6 +97,7 @@ async def replay(
     policy: DispatchPolicy,
     migration: bool,
     app: str,
+    rebalance_below: float = ServingOptions().rebalance_below,
 ) -> tuple[list[Latency], int]:
     """Latencies of every request of the trace under one policy, and the migrations done."""
     model = ServedModel(name="tiny", uri="builtin://tiny-llama", max_model_len=MAX_MODEL_LEN)
@@ -106,6 +107,7 @@ async def replay(
         num_blocks=num_blocks,
         max_requests_per_replica=10_000,
         replica_num_cpus=0.5,
+        rebalance_below=rebalance_below,
     )
     manager = PoolManager(pool_settings(model, spec, options, app))
     await manager.configure(replicas, migration, max_concurrent=2)
@@ -131,6 +133,12 @@ def main() -> None:
         "--num-blocks", type=int, default=48, help="KV blocks of 16 tokens per replica"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rebalance-below",
+        type=float,
+        default=ServingOptions().rebalance_below,
+        help="migrate off replicas with fewer free KV blocks per request than this",
+    )
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
@@ -147,7 +155,15 @@ def main() -> None:
     for index, label in enumerate(order):
         policy, migration = runs[label]
         measured, moved = asyncio.run(
-            replay(trace, args.replicas, args.num_blocks, policy, migration, f"trace{index}")
+            replay(
+                trace,
+                args.replicas,
+                args.num_blocks,
+                policy,
+                migration,
+                f"trace{index}",
+                args.rebalance_below,
+            )
         )
         latencies[label] += measured
         migrations[label] += moved
