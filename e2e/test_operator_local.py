@@ -193,3 +193,25 @@ def test_deleting_a_pool_removes_its_application(kube: Kube, operator: Operator)
     assert wait_for(gone, 60, "the Serve application to be deleted")
     router = kube.wait_reason("routingpolicy/chat-router", NS, "TargetNotFound")
     assert "['chat']" in router["message"]
+
+
+@pytest.mark.slow
+def test_a_pool_that_cannot_deploy_says_why_once(kube: Kube, operator: Operator) -> None:
+    bad = """
+apiVersion: modelfleet.io/v1alpha1
+kind: ModelPool
+metadata: {name: unknown-model}
+spec:
+  models: [{name: m, uri: "builtin://no-such-model", maxModelLen: 256}]
+  replicas: 1
+"""
+    kube("apply", "-n", NS, "-f", "-", stdin=bad)
+    ready = kube.wait_reason("modelpool/unknown-model", NS, "DeployFailed", timeout=120)
+    assert "unknown builtin model 'no-such-model'" in ready["message"]
+    assert operator.process.poll() is None
+    events = [
+        e
+        for e in kube.get("events", "-n", NS)["items"]
+        if e["involvedObject"]["name"] == "unknown-model" and e["reason"] == "DeployFailed"
+    ]
+    assert len(events) == 1
