@@ -27,8 +27,9 @@ Protocol, in the order a replica uses it:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -60,6 +61,11 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+
+    def seeded(self) -> SamplingParams:
+        """These params with a seed fixed now, so a request's random stream survives
+        migration and recovery: it is a pure function of the seed and the token index."""
+        return self if self.seed is not None else replace(self, seed=secrets.randbits(63))
 
 
 @dataclass(frozen=True)
@@ -185,3 +191,31 @@ class ServingEngine(Protocol):
         """Continue an exported request here: staged blocks, then ``kv_chunks``, then
         ``state.kv`` form its KV; without KV it is resumed by recomputation."""
         ...
+
+
+class TokenStash:
+    """Events ``stream`` produced for other requests while it drove an engine.
+
+    ``stream`` advances the whole batch, so it sees every request's tokens; the ones not
+    its own wait here and come out of the next ``step``, so each event is delivered once.
+    """
+
+    def __init__(self) -> None:
+        self._events: list[TokenEvent] = []
+
+    def step(self, advance: Callable[[], list[TokenEvent]]) -> list[TokenEvent]:
+        """The stashed events, then those of one more ``advance``."""
+        events, self._events = [*self._events, *advance()], []
+        return events
+
+    def stream(
+        self, request_id: str, advance: Callable[[], list[TokenEvent]], live: Callable[[], bool]
+    ) -> Iterator[TokenEvent]:
+        """``request_id``'s events, advancing the engine while ``live()`` says it runs."""
+        while True:
+            mine = [event for event in self._events if event.request_id == request_id]
+            self._events = [event for event in self._events if event.request_id != request_id]
+            yield from mine
+            if not live():
+                return
+            self._events.extend(advance())

@@ -201,7 +201,7 @@ class PoolManager:
                 f"{self.settings.max_requests_per_replica} requests per replica"
             )
         replica = self._dispatch(views, priority)
-        seeded = params if params.seed is not None else replace(params, seed=secrets.randbits(63))
+        seeded = params.seeded()
         request_id = f"{self.settings.model}-{secrets.token_hex(8)}"
         stream = Stream(request_id, tuple(prompt), seeded, priority, replica.name)
         self._streams[request_id] = stream

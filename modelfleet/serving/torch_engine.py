@@ -11,9 +11,8 @@ resumed by recomputation, so running out of blocks delays requests but never fai
 from __future__ import annotations
 
 import itertools
-import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -24,6 +23,7 @@ from modelfleet.serving.interface import (
     RequestState,
     SamplingParams,
     TokenEvent,
+    TokenStash,
 )
 from modelfleet.serving.kvcache import BlockAllocator, KVPool, OutOfBlocksError
 from modelfleet.serving.model import TinyDecoder
@@ -72,7 +72,7 @@ class TorchEngine:
         self._running: dict[str, LiveRequest] = {}
         self._waiting: dict[str, LiveRequest] = {}
         self._staged: dict[str, list[int]] = {}
-        self._stashed: list[TokenEvent] = []
+        self._stash = TokenStash()
         self._arrivals = itertools.count()
         self._generator = torch.Generator()
 
@@ -89,7 +89,7 @@ class TorchEngine:
         prompt = tuple(int(token) for token in prompt_token_ids)
         check_tokens(self.model.config, prompt, (), params)
         self._waiting[request_id] = LiveRequest(
-            request_id, prompt, [], self._with_seed(params), priority, next(self._arrivals)
+            request_id, prompt, [], params.seeded(), priority, next(self._arrivals)
         )
 
     def step(self) -> list[TokenEvent]:
@@ -98,13 +98,16 @@ class TorchEngine:
         Also returns events that ``stream`` produced for other requests while it drove
         the engine, so each event is delivered exactly once.
         """
-        events, self._stashed = [*self._stashed, *self._advance()], []
-        return events
+        return self._stash.step(self._advance)
 
     def stream(self, request_id: str) -> Iterator[TokenEvent]:
         """Yield ``request_id``'s tokens until it finishes, is aborted or is exported."""
         self._get(request_id)
-        return self._stream(request_id)
+        return self._stash.stream(
+            request_id,
+            self._advance,
+            lambda: request_id in self._running or request_id in self._waiting,
+        )
 
     def abort(self, request_id: str) -> None:
         """Drop a request, or the staged KV of an unfinished import, and free its blocks."""
@@ -217,7 +220,7 @@ class TorchEngine:
             state.request_id,
             tuple(state.prompt_token_ids),
             list(state.output_token_ids),
-            self._with_seed(state.params),
+            state.params.seeded(),
             state.priority,
             next(self._arrivals),
         )
@@ -232,15 +235,6 @@ class TorchEngine:
         else:
             self._release_staged(state.request_id)
         return request
-
-    def _stream(self, request_id: str) -> Iterator[TokenEvent]:
-        while True:
-            mine = [event for event in self._stashed if event.request_id == request_id]
-            self._stashed = [event for event in self._stashed if event.request_id != request_id]
-            yield from mine
-            if request_id not in self._running and request_id not in self._waiting:
-                return
-            self._stashed.extend(self._advance())
 
     def _stage_all(self, state: RequestState, chunks: Sequence[KVChunk]) -> list[int]:
         """Stage the remaining chunks; the request's block table, or ``[]`` if out of blocks."""
@@ -368,10 +362,6 @@ class TorchEngine:
 
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.config.block_size)
-
-    def _with_seed(self, params: SamplingParams) -> SamplingParams:
-        """Fix a seed now so that the request's random stream survives migration."""
-        return params if params.seed is not None else replace(params, seed=secrets.randbits(63))
 
     def _check_new_id(self, request_id: str) -> None:
         if not request_id:

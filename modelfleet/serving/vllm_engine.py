@@ -20,9 +20,8 @@ between engines, import on machines without vLLM or a GPU.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ from modelfleet.serving.interface import (
     RequestState,
     SamplingParams,
     TokenEvent,
+    TokenStash,
 )
 from modelfleet.serving.torch_engine import EngineConfig
 from modelfleet.serving.validation import check_from_block
@@ -119,7 +119,7 @@ class VllmEngine:
         self._vocab_size = int(self.llm_engine.model_config.get_vocab_size())
         self._max_model_len = int(self.llm_engine.model_config.max_model_len)
         self._requests: dict[str, _Request] = {}
-        self._stashed: list[TokenEvent] = []
+        self._stash = TokenStash()
 
     def add_request(
         self,
@@ -131,7 +131,7 @@ class VllmEngine:
         """Queue a request in vLLM; a seed is fixed now so that it survives migration."""
         self._check_new_id(request_id)
         prompt = tuple(int(token) for token in prompt_token_ids)
-        self._submit(request_id, _Request(prompt, [], _with_seed(params), priority, 0))
+        self._submit(request_id, _Request(prompt, [], params.seeded(), priority, 0))
 
     def step(self) -> list[TokenEvent]:
         """Run one vLLM step and return the tokens it produced.
@@ -140,13 +140,12 @@ class VllmEngine:
         with speculative decoding, several; each token becomes one event. Events that
         ``stream`` produced for other requests come out here, so each is delivered once.
         """
-        events, self._stashed = [*self._stashed, *self._advance()], []
-        return events
+        return self._stash.step(self._advance)
 
     def stream(self, request_id: str) -> Iterator[TokenEvent]:
         """Yield ``request_id``'s tokens until it finishes, is aborted or is exported."""
         self._get(request_id)
-        return self._stream(request_id)
+        return self._stash.stream(request_id, self._advance, lambda: request_id in self._requests)
 
     def abort(self, request_id: str) -> None:
         """Drop a request; vLLM frees its KV blocks (prefix-cached ones stay reusable)."""
@@ -230,7 +229,7 @@ class VllmEngine:
         request = _Request(
             tuple(int(token) for token in state.prompt_token_ids),
             output,
-            _with_seed(state.params),
+            state.params.seeded(),
             state.priority,
             len(output),
         )
@@ -319,15 +318,6 @@ class VllmEngine:
             request.output.append(token)
         return events
 
-    def _stream(self, request_id: str) -> Iterator[TokenEvent]:
-        while True:
-            mine = [event for event in self._stashed if event.request_id == request_id]
-            self._stashed = [event for event in self._stashed if event.request_id != request_id]
-            yield from mine
-            if request_id not in self._requests:
-                return
-            self._stashed.extend(self._advance())
-
     def _get(self, request_id: str) -> _Request:
         request = self._requests.get(request_id)
         if request is None:
@@ -339,11 +329,6 @@ class VllmEngine:
             raise ValueError("request_id must be a non-empty string")
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} already exists in this engine")
-
-
-def _with_seed(params: SamplingParams) -> SamplingParams:
-    """Fix a seed now, so that a migrated request keeps the seed it started with."""
-    return params if params.seed is not None else replace(params, seed=secrets.randbits(63))
 
 
 def _import_vllm(model: VllmModel) -> Any:
