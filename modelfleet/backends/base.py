@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +31,12 @@ class Owner:
             "controller": True,
             "blockOwnerDeletion": True,
         }
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """A short digest of a rendered spec: equal digests mean the running child is current,
+    so a repeated apply changes nothing."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Backend(Protocol):

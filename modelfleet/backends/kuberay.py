@@ -7,7 +7,6 @@ crash at any point converges to one child with the current spec.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, cast
 
@@ -15,7 +14,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelfleet.backends.base import Owner
+from modelfleet.backends.base import Owner, spec_hash
 from modelfleet.core.ttl import Ttl
 from modelfleet.core.workload import (
     ApplyResult,
@@ -99,10 +98,6 @@ def render_spec(workload: Workload, image: str) -> dict[str, Any]:
         ]
     }
     return {"serveConfigV2": yaml.safe_dump(serve, sort_keys=True), "rayClusterConfig": cluster}
-
-
-def spec_hash(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def render(owner: Owner, workload: Workload, image: str) -> dict[str, Any]:

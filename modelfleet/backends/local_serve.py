@@ -9,8 +9,6 @@ pool, so an operator that serves nothing never starts Ray.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from typing import Any
 import ray
 from ray import serve
 
-from modelfleet.backends.base import Owner
+from modelfleet.backends.base import Owner, spec_hash
 from modelfleet.core.workload import (
     ApplyResult,
     Observation,
@@ -57,10 +55,6 @@ def app_name(owner: Owner, workload_name: str) -> str:
 def route_prefix(owner: Owner) -> str:
     """Each pool answers under /<namespace>/<name> on the shared Serve proxy."""
     return f"/{owner.namespace}/{owner.name}"
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_in_background(work: Callable[..., None], *args: Any) -> Future[None]:
@@ -140,7 +134,7 @@ class LocalServe:
         """Start a rollout when the pool is new or its spec changed; otherwise nothing."""
         name = app_name(owner, workload.name)
         config = {**workload.config, OPTIONS_KEY: {"replicaNumCpus": self._settings.replica_cpus}}
-        digest = config_hash(config)
+        digest = spec_hash(config)
         with self._lock:
             current = self._rollouts.get(name)
             if current is not None and current.config_hash == digest:
