@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from modelfleet.serving.interface import SamplingParams
-from modelfleet.serving.model import ModelConfig, TinyDecoder
+from modelfleet.serving.model import ModelConfig, Decoder
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 
 PROMPT_LENGTH = 32
@@ -56,7 +56,7 @@ def serve_one_by_one(
     return tokens
 
 
-def measure_throughput(model: TinyDecoder, concurrency: Sequence[int], max_tokens: int) -> None:
+def measure_throughput(model: Decoder, concurrency: Sequence[int], max_tokens: int) -> None:
     """Print tokens/s with continuous batching against one request at a time."""
     params = SamplingParams(max_tokens=max_tokens)
     print(f"\nthroughput: {max_tokens} greedy tokens per request, prompt {PROMPT_LENGTH} tokens")
@@ -77,7 +77,7 @@ def measure_throughput(model: TinyDecoder, concurrency: Sequence[int], max_token
 
 
 def migrate(
-    model: TinyDecoder, config: EngineConfig, length: int, staged: bool
+    model: Decoder, config: EngineConfig, length: int, staged: bool
 ) -> tuple[float, float]:
     """Migrate one request of ``length`` tokens; return (downtime, overlapped pre-copy) in s.
 
@@ -109,7 +109,7 @@ def migrate(
 
 def measure_downtime(lengths: Sequence[int], repeats: int) -> None:
     """Print migration downtime against sequence length for staged and full copies."""
-    model = TinyDecoder(ModelConfig(max_positions=max(lengths) + 64))
+    model = Decoder(ModelConfig(max_positions=max(lengths) + 64))
     config = EngineConfig(num_blocks=-(-model.config.max_positions // 16), block_size=16)
     print("\nmigration downtime (stop on source -> ready on target), median ms")
     print(
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    measure_throughput(TinyDecoder(ModelConfig()), args.concurrency, args.max_tokens)
+    measure_throughput(Decoder(ModelConfig()), args.concurrency, args.max_tokens)
     measure_downtime(args.lengths, args.repeats)
 
 

@@ -31,8 +31,9 @@ Uri = Annotated[
     StringConstraints(min_length=3, max_length=2048, pattern=URI),
     Field(
         description=(
-            "A URI with a scheme, e.g. s3://bucket/path, hf://org/model, file:///data, "
-            "or builtin://tiny for a model modelfleet builds from a config."
+            "A URI with a scheme: file:///dir, pvc://claim/dir, s3://bucket/prefix, "
+            "hf://org/model, zoo://name (a model of modelfleet's zoo), or builtin://tiny-llama "
+            "(random weights, for tests). See docs/artifacts.md."
         )
     ),
 ]

@@ -17,11 +17,31 @@ class Engine(StrEnum):
     TORCH = "torch"
 
 
+class AdapterRef(ApiModel):
+    """A LoRA adapter served on top of its base model, chosen per request by name."""
+
+    name: Name = Field(description="The model id clients pass as 'model' to use the adapter.")
+    uri: Uri = Field(
+        description="A PEFT directory (adapter_config.json, adapter_model.safetensors)."
+    )
+
+
 class ServedModel(ApiModel):
     """One model every replica of the pool serves."""
 
     name: Name = Field(description="The model id clients pass as 'model'.")
     uri: Uri
+    credentials_secret: Name | None = Field(
+        default=None,
+        description="A Secret in the pool's namespace for s3:// and hf:// URIs; keys "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, "
+        "AWS_ENDPOINT_URL, HF_TOKEN.",
+    )
+    adapters: list[AdapterRef] = Field(
+        default_factory=list,
+        max_length=16,
+        description="LoRA adapters of this model, batched together on its replicas.",
+    )
     engine: Engine = Field(
         default=Engine.TORCH, description="vllm on GPUs, torch on CPU. Default: torch."
     )
@@ -122,12 +142,16 @@ class ModelPoolSpec(ApiModel):
 
     @model_validator(mode="after")
     def _check_names(self) -> Self:
+        served = [m.name for m in self.models] + [a.name for m in self.models for a in m.adapters]
         for field, names in (
-            ("models", [m.name for m in self.models]),
+            ("models", served),
             ("gpuTypes", [g.name for g in self.gpu_types]),
         ):
             if len(set(names)) != len(names):
-                raise ValueError(f"spec.{field}: names must be unique; got {names}")
+                raise ValueError(
+                    f"spec.{field}: names (of models and their adapters) must be unique; "
+                    f"got {names}"
+                )
         if sum(g.available for g in self.gpu_types) == 0:
             raise ValueError("spec.gpuTypes: at least one type needs available > 0")
         return self

@@ -1,17 +1,24 @@
-"""Resolve a ServedModel URI to the model a replica builds.
+"""Resolve a ServedModel to what its replicas build.
 
-The torch engine downloads nothing, so ``builtin://<name>`` names a config whose weights
-are drawn from its seed: every replica of a pool, and every test, gets the same model.
-The vLLM engine loads what vLLM's ``EngineArgs(model=...)`` takes: ``hf://<org>/<name>``
-is a Hugging Face Hub model (downloaded by vLLM, or found in the node's HF cache) and
-``file:///<dir>`` a model directory that exists on every GPU node.
+* ``builtin://<name>``: a config whose weights are drawn from its seed (random weights
+  behind the byte tokenizer, for fast tests); every replica gets the same model.
+* Any artifact URI (``file://``, ``pvc://``, ``s3://``, ``hf://``, ``zoo://``; see
+  docs/artifacts.md) on the torch engine: a :class:`CheckpointModel`, a Hugging Face
+  directory the replica materializes and loads, with its LoRA adapters.
+* ``engine: vllm``: a :class:`VllmModel`; ``hf://`` ids go to vLLM as they are (it
+  downloads them), other URIs are materialized by the replica first.
+
+Resolution is pure: nothing is read or downloaded here, so the ingress and the operator
+can check a spec without touching storage. URIs are parsed, so a malformed one fails
+here with the field named.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from modelfleet.api.modelpool import Engine, ServedModel
+from modelfleet.artifacts.uri import parse_artifact_uri
 from modelfleet.serving.model import ModelConfig
 from modelfleet.serving.vllm_engine import VllmModel
 
@@ -22,22 +29,30 @@ BUILTIN_MODELS: dict[str, ModelConfig] = {
 """``tiny-llama`` is the default tiny decoder; ``-mini`` is a smaller one for fast tests."""
 
 BUILTIN_SCHEME = "builtin://"
-HF_SCHEME = "hf://"
-FILE_SCHEME = "file://"
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    """A LoRA adapter to load next to its base: its served name, URI and spec field."""
+
+    name: str
+    uri: str
+    field: str
+
+
+@dataclass(frozen=True)
+class CheckpointModel:
+    """A Hugging Face checkpoint the torch engine serves; plain data for the replica."""
+
+    uri: str
+    field: str
+    """The spec field of ``uri`` (``spec.models[i].uri``), named in every error."""
+    max_model_len: int
+    adapters: tuple[AdapterSource, ...] = ()
 
 
 def resolve_model(uri: str, max_model_len: int) -> ModelConfig:
-    """The config of ``uri`` with ``max_positions = max_model_len``.
-
-    Raises ``ValueError`` naming the URI and what is supported, so a bad ModelPool fails
-    at deploy time with a message the operator can surface.
-    """
-    if not uri.startswith(BUILTIN_SCHEME):
-        scheme = uri.split("://", 1)[0]
-        raise ValueError(
-            f"model uri {uri!r}: scheme {scheme!r} is not supported by the torch engine; "
-            f"use {BUILTIN_SCHEME}<name> with one of {sorted(BUILTIN_MODELS)}"
-        )
+    """The config of builtin ``uri`` with ``max_positions = max_model_len``."""
     name = uri.removeprefix(BUILTIN_SCHEME)
     if name not in BUILTIN_MODELS:
         raise ValueError(
@@ -46,48 +61,49 @@ def resolve_model(uri: str, max_model_len: int) -> ModelConfig:
     return replace(BUILTIN_MODELS[name], max_positions=max_model_len)
 
 
-def resolve_served_model(model: ServedModel, index: int) -> ModelConfig | VllmModel:
-    """What the replicas of ``model``, ``spec.models[index]``, build, by its engine.
+def resolve_served_model(
+    model: ServedModel, index: int
+) -> ModelConfig | CheckpointModel | VllmModel:
+    """What the replicas of ``model``, ``spec.models[index]``, build, by engine and URI.
 
-    Raises ``ValueError`` for a URI the engine cannot load; errors name
-    ``spec.models[index]``.
+    Raises ``ValueError`` naming ``spec.models[index]`` for a URI that cannot be served.
     """
+    source = f"spec.models[{index}]"
+    adapters = tuple(
+        AdapterSource(adapter.name, adapter.uri, f"{source}.adapters[{position}].uri")
+        for position, adapter in enumerate(model.adapters)
+    )
+    for adapter in adapters:
+        parse_artifact_uri(adapter.uri, adapter.field)
     if model.engine is Engine.VLLM:
-        source = f"spec.models[{index}]"
         return VllmModel(
             model=resolve_vllm_model(model.uri, source),
             source=source,
             max_model_len=model.max_model_len,
             tensor_parallel=model.tensor_parallel,
         )
-    return resolve_model(model.uri, model.max_model_len)
+    if model.uri.startswith(BUILTIN_SCHEME):
+        if adapters:
+            raise ValueError(
+                f"{source}.adapters: builtin models take no adapters; serve a checkpoint"
+            )
+        return resolve_model(model.uri, model.max_model_len)
+    parse_artifact_uri(model.uri, f"{source}.uri")
+    return CheckpointModel(model.uri, f"{source}.uri", model.max_model_len, adapters)
 
 
 def resolve_vllm_model(uri: str, source: str) -> str:
-    """The model id or directory vLLM loads for ``uri``; ``source`` names it in errors."""
-    if uri.startswith(HF_SCHEME):
-        repo = uri.removeprefix(HF_SCHEME)
-        if not repo or repo.count("/") > 1 or repo.startswith("/") or repo.endswith("/"):
-            raise ValueError(
-                f"{source}.uri {uri!r}: a Hugging Face model is hf://<org>/<name> or hf://<name>"
-            )
-        return repo
-    if uri.startswith(FILE_SCHEME):
-        path = uri.removeprefix(FILE_SCHEME)
-        if not path.startswith("/"):
-            raise ValueError(
-                f"{source}.uri {uri!r}: a local model needs an absolute path, "
-                "e.g. file:///models/llama"
-            )
-        return path
+    """What vLLM loads for ``uri``: a Hub id (vLLM downloads it), a local directory, or an
+    artifact URI the replica materializes first (a pinned Hub revision among them);
+    ``source`` names the field in errors."""
     if uri.startswith(BUILTIN_SCHEME):
         raise ValueError(
             f"{source}.uri {uri!r}: builtin models run on the torch engine only; "
             f"set {source}.engine: torch"
         )
-    scheme = uri.split("://", 1)[0]
-    raise ValueError(
-        f"{source}.uri {uri!r}: scheme {scheme!r} is not supported by the vLLM engine; use "
-        f"{HF_SCHEME}<org>/<name> (Hugging Face Hub) or {FILE_SCHEME}/<dir> (a directory on "
-        "the GPU nodes)"
-    )
+    parsed = parse_artifact_uri(uri, f"{source}.uri")
+    if parsed.scheme == "hf" and parsed.revision is None:
+        return parsed.name
+    if parsed.scheme == "file":
+        return parsed.path
+    return uri

@@ -38,12 +38,38 @@ FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
+class GrammarSpec:
+    """A constraint on the output's form, enforced token by token while decoding.
+
+    ``json_object`` admits any JSON object; ``json_schema`` admits JSON valid under
+    ``schema`` (JSON text). The constraint is a pure function of the tokens generated so
+    far, so a migrated or recovered request rebuilds it by replaying its output.
+    """
+
+    kind: Literal["json_object", "json_schema"]
+    schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.kind == "json_schema") != (self.schema is not None):
+            raise ValueError("grammar: json_schema needs a schema, json_object takes none")
+
+
+MAX_LOGPROBS = 20
+"""Most alternatives per token a request may ask for, as the OpenAI API allows."""
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How a request decodes; validated on construction so engines never see bad values.
 
     ``temperature == 0`` is greedy decoding. ``seed`` fixes the random stream of a sampled
     request; engines replace ``None`` with a fresh seed they record in the request state,
-    so a migrated request still continues identically.
+    so a migrated request still continues identically. ``logprobs`` asks for the chosen
+    token's log-probability plus that many most likely alternatives (``None``: none);
+    ``prompt_logprobs`` for those of the prompt tokens too. Penalties subtract
+    ``presence_penalty`` once and ``frequency_penalty`` per occurrence from the logits of
+    tokens already generated, as OpenAI defines them. ``adapter`` names the LoRA adapter
+    that decodes the request on top of the base model (``None``: the base model).
     """
 
     max_tokens: int = 16
@@ -51,6 +77,12 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None
+    prompt_logprobs: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    grammar: GrammarSpec | None = None
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -61,11 +93,29 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+
+    @property
+    def penalised(self) -> bool:
+        """Whether any repetition penalty applies."""
+        return bool(self.presence_penalty or self.frequency_penalty)
 
     def seeded(self) -> SamplingParams:
         """These params with a seed fixed now, so a request's random stream survives
         migration and recovery: it is a pure function of the seed and the token index."""
         return self if self.seed is not None else replace(self, seed=secrets.randbits(63))
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token and its log-probability under the model (before penalties or grammar)."""
+
+    token_id: int
+    logprob: float
 
 
 @dataclass(frozen=True)
@@ -76,6 +126,13 @@ class TokenEvent:
     token_id: int
     index: int
     finish_reason: FinishReason | None = None
+    logprob: float | None = None
+    """The token's log-probability, when the request asked for ``logprobs``."""
+    top_logprobs: tuple[TokenLogprob, ...] = ()
+    """The ``logprobs`` most likely tokens at this position, most likely first."""
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    """On the first event of a request that asked for them: one entry per prompt token,
+    ``None`` for the first (nothing precedes it)."""
 
     @property
     def finished(self) -> bool:

@@ -1,8 +1,10 @@
 """Attention of a batch of requests over their paged KV cache.
 
 Each request appends its new tokens' keys and values to its blocks and attends to
-everything cached so far. Block tables are padded to a common length so the whole
-batch runs as one masked attention call: that is what makes continuous batching pay.
+everything cached so far. With grouped-query attention the cache holds only the key/value
+heads, and each one serves its group of query heads. Block tables are padded to a common
+length so the whole batch runs as one masked attention call: that is what makes
+continuous batching pay.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class PagedAttention:
         self.pool.write(layer, self.slots, k.reshape(-1, heads, dim), v.reshape(-1, heads, dim))
         keys, values = self.pool.gather(layer, self.block_tables)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=self.mask
+            q.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=self.mask,
+            enable_gqa=q.shape[2] != heads,
         )
         return out.transpose(1, 2)

@@ -14,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from modelfleet.artifacts.fetch import materialize
+from modelfleet.serving.catalog import CheckpointModel
+from modelfleet.serving.checkpoint import eos_token_ids, load_decoder
+from modelfleet.serving.grammar import GrammarVocabulary
 from modelfleet.serving.interface import (
     EngineLoad,
     KVChunk,
@@ -26,7 +30,9 @@ from modelfleet.serving.interface import (
     ServingEngine,
     TokenEvent,
 )
-from modelfleet.serving.model import ModelConfig, TinyDecoder
+from modelfleet.serving.lora import read_adapter
+from modelfleet.serving.model import Decoder, ModelConfig
+from modelfleet.serving.tokenizer import ByteTokenizer
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 from modelfleet.serving.vllm_engine import VllmEngine, VllmModel
 
@@ -39,12 +45,13 @@ class ReplicaDrainingError(RuntimeError):
 class EngineSpec:
     """What a replica builds its engine from; plain data so it travels to the actor.
 
-    ``model`` chooses the engine: a :class:`VllmModel` runs on vLLM, a ``ModelConfig``
-    on the torch engine. ``engine`` holds the block size and batch limit both honour
+    ``model`` chooses the engine: a :class:`VllmModel` runs on vLLM; a
+    :class:`CheckpointModel` (a Hugging Face directory) or a builtin ``ModelConfig`` on
+    the torch engine. ``engine`` holds the block size and batch limit both honour
     (the torch engine also its pool size), which the manager's view of a replica uses.
     """
 
-    model: ModelConfig | VllmModel
+    model: ModelConfig | CheckpointModel | VllmModel
     engine: EngineConfig
 
     def gpus(self) -> int:
@@ -53,14 +60,45 @@ class EngineSpec:
 
 
 def build_engine(spec: EngineSpec) -> ServingEngine:
-    """The engine ``spec.model`` asks for.
+    """The engine ``spec.model`` asks for, with its artifacts fetched to this node.
 
-    Raises :class:`~modelfleet.serving.vllm_engine.VllmUnavailableError` for a vLLM
-    model where vLLM or a CUDA device is missing, naming the spec field to change.
+    Raises :class:`~modelfleet.artifacts.errors.ArtifactError` for a model or adapter
+    that cannot be fetched, ``ValueError`` for one the engine cannot serve, and
+    :class:`~modelfleet.serving.vllm_engine.VllmUnavailableError` for a vLLM model where
+    vLLM or a CUDA device is missing; each names the spec field to change.
     """
     if isinstance(spec.model, VllmModel):
-        return VllmEngine(spec.model, spec.engine)
-    return TorchEngine(TinyDecoder(spec.model), spec.engine)
+        return VllmEngine(localize_vllm_model(spec.model), spec.engine)
+    if isinstance(spec.model, CheckpointModel):
+        decoder, vocabulary = load_checkpoint(spec.model)
+        return TorchEngine(decoder, spec.engine, vocabulary)
+    config = spec.model
+    vocabulary = GrammarVocabulary.from_bytes(config.vocab_size, (ByteTokenizer.EOS,))
+    return TorchEngine(Decoder(config), spec.engine, vocabulary)
+
+
+def load_checkpoint(model: CheckpointModel) -> tuple[Decoder, GrammarVocabulary]:
+    """The checkpoint's decoder with its adapters attached, and its token vocabulary."""
+    directory = materialize(model.uri, model.field)
+    try:
+        decoder = load_decoder(directory, model.max_model_len)
+        adapters = [
+            read_adapter(materialize(a.uri, a.field, "adapter"), a.name) for a in model.adapters
+        ]
+        decoder.load_adapters(adapters)
+    except ValueError as error:
+        raise ValueError(f"{model.field} {model.uri!r}: {error}") from error
+    vocabulary = GrammarVocabulary.from_tokenizer_dir(
+        directory, decoder.config.vocab_size, eos_token_ids(directory)
+    )
+    return decoder, vocabulary
+
+
+def localize_vllm_model(model: VllmModel) -> VllmModel:
+    """``model`` with an artifact URI replaced by the local directory it is fetched to."""
+    if "://" not in model.model:
+        return model
+    return replace(model, model=str(materialize(model.model, f"{model.source}.uri")))
 
 
 class EngineReplica:

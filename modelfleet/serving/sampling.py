@@ -9,9 +9,11 @@ however the batch around it changed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from modelfleet.serving.interface import SamplingParams
+from modelfleet.serving.interface import SamplingParams, TokenLogprob
 
 _MASK64 = (1 << 64) - 1
 
@@ -46,3 +48,32 @@ def sample_token(
     last = int(torch.count_nonzero(nucleus)) - 1
     choice = min(int(torch.searchsorted(cdf, draw, right=True)), last)
     return int(order[choice])
+
+
+def apply_penalties(
+    logits: torch.Tensor, output: Sequence[int], params: SamplingParams
+) -> torch.Tensor:
+    """``logits`` less OpenAI's repetition penalties for the tokens generated so far:
+    ``presence_penalty`` once per distinct token, ``frequency_penalty`` per occurrence."""
+    if not params.penalised or not output:
+        return logits
+    vocab = logits.shape[-1]
+    counts = torch.bincount(torch.tensor(output), minlength=vocab)[:vocab].to(logits.dtype)
+    return logits - params.frequency_penalty * counts - params.presence_penalty * (counts > 0)
+
+
+def token_logprobs(
+    logits: torch.Tensor, token_id: int, top: int
+) -> tuple[float, tuple[TokenLogprob, ...]]:
+    """The log-probability of ``token_id`` under ``logits`` ``[vocab]`` (the model's own
+    distribution, before penalties and grammar) and the ``top`` most likely tokens."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = torch.topk(logprobs, min(top, logprobs.shape[-1])) if top else None
+    alternatives = (
+        ()
+        if best is None
+        else tuple(
+            TokenLogprob(int(i), float(v)) for v, i in zip(best.values, best.indices, strict=True)
+        )
+    )
+    return float(logprobs[token_id]), alternatives

@@ -1,8 +1,11 @@
 """The CPU/torch implementation of :class:`~modelfleet.serving.interface.ServingEngine`.
 
-It runs a :class:`~modelfleet.serving.model.TinyDecoder` over a paged KV cache with
+It runs a :class:`~modelfleet.serving.model.Decoder` over a paged KV cache with
 continuous batching: every ``step`` admits waiting requests while KV blocks allow,
-prefills them, and decodes all other running requests together in one batched forward.
+decodes all running requests together in one batched forward, and prefills at most
+``prefill_chunk_size`` prompt tokens (chunked prefill), so a long prompt arriving delays
+each decode step by one chunk rather than by its whole prefill. Requests may each use
+their own LoRA adapter, repetition penalties, ``response_format`` grammar and logprobs.
 When a running request needs a block and none is free, the least important running
 request (lowest priority, latest arrival) is preempted back to the queue and later
 resumed by recomputation, so running out of blocks delays requests but never fails them.
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from modelfleet.serving.grammar import GrammarState, GrammarVocabulary
 from modelfleet.serving.interface import (
     EngineLoad,
     FinishReason,
@@ -23,24 +27,29 @@ from modelfleet.serving.interface import (
     RequestState,
     SamplingParams,
     TokenEvent,
+    TokenLogprob,
     TokenStash,
 )
 from modelfleet.serving.kvcache import BlockAllocator, KVPool, OutOfBlocksError
-from modelfleet.serving.model import TinyDecoder
+from modelfleet.serving.model import Decoder
 from modelfleet.serving.paged_attention import PagedAttention
 from modelfleet.serving.request import LiveRequest
-from modelfleet.serving.sampling import sample_token
+from modelfleet.serving.sampling import apply_penalties, sample_token, token_logprobs
 from modelfleet.serving.validation import check_from_block, check_tokens
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """KV pool size and batching limits of one engine instance."""
+    """KV pool size and batching limits of one engine instance.
+
+    ``prefill_chunk_size`` is the most prompt tokens one step prefills (over all
+    prefilling requests), which bounds how long a long prompt stalls the decode batch.
+    """
 
     num_blocks: int = 256
     block_size: int = 16
     max_running: int = 32
-    prefill_chunk_size: int = 512
+    prefill_chunk_size: int = 128
 
     def __post_init__(self) -> None:
         for name in ("num_blocks", "block_size", "max_running", "prefill_chunk_size"):
@@ -51,9 +60,15 @@ class EngineConfig:
 class TorchEngine:
     """Continuous-batching engine over a paged KV cache; see the module docstring."""
 
-    def __init__(self, model: TinyDecoder, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: Decoder,
+        config: EngineConfig | None = None,
+        vocabulary: GrammarVocabulary | None = None,
+    ) -> None:
         self.config = config or EngineConfig()
         self.model = model
+        self._vocabulary = vocabulary
         model_config = model.config
         capacity = self.config.num_blocks * self.config.block_size
         if capacity < model_config.max_positions:
@@ -66,7 +81,7 @@ class TorchEngine:
             model_config.num_layers,
             self.config.num_blocks,
             self.config.block_size,
-            model_config.num_heads,
+            model_config.kv_heads,
             model_config.head_dim,
         )
         self._running: dict[str, LiveRequest] = {}
@@ -88,9 +103,12 @@ class TorchEngine:
         self._check_unstaged(request_id)
         prompt = tuple(int(token) for token in prompt_token_ids)
         check_tokens(self.model.config, prompt, (), params)
-        self._waiting[request_id] = LiveRequest(
+        self._check_adapter(params)
+        request = LiveRequest(
             request_id, prompt, [], params.seeded(), priority, next(self._arrivals)
         )
+        request.grammar = self._constrain(params)
+        self._waiting[request_id] = request
 
     def step(self) -> list[TokenEvent]:
         """Advance every running request by one token.
@@ -216,6 +234,7 @@ class TorchEngine:
         check_tokens(
             self.model.config, state.prompt_token_ids, state.output_token_ids, state.params
         )
+        self._check_adapter(state.params)
         request = LiveRequest(
             state.request_id,
             tuple(state.prompt_token_ids),
@@ -224,6 +243,9 @@ class TorchEngine:
             state.priority,
             next(self._arrivals),
         )
+        request.grammar = self._constrain(state.params)
+        if request.grammar is not None:
+            request.grammar.replay(request.output)
         if state.kv is not None:
             if state.num_cached_tokens != request.length - 1:
                 raise ValueError(
@@ -252,19 +274,29 @@ class TorchEngine:
         return table
 
     def _advance(self) -> list[TokenEvent]:
+        """One step: admit, decode every request that has its prompt cached, then spend
+        the step's prefill budget on the prefilling requests in admission order."""
         with torch.inference_mode():
-            prefilling = self._admit()
-            events = [self._prefill(request) for request in prefilling]
-            decoding = [r for r in self._running.values() if r not in prefilling]
-            return events + self._decode(decoding)
+            self._admit()
+            running = sorted(self._running.values(), key=LiveRequest.admission_order)
+            events = self._decode([r for r in running if r.pending == 1])
+            budget = self.config.prefill_chunk_size
+            for request in (r for r in running if r.pending > 1):
+                if budget == 0 or request.request_id not in self._running:
+                    continue
+                chunk = min(budget, request.pending)
+                budget -= chunk
+                event = self._prefill(request, chunk)
+                if event is not None:
+                    events.append(event)
+            return events
 
-    def _admit(self) -> list[LiveRequest]:
+    def _admit(self) -> None:
         """Move waiting requests into the batch in priority order while blocks allow.
 
-        Returns the admitted requests that need a prefill; imported requests already hold
-        their KV and join the decode batch directly.
+        A request without KV gets blocks for all its tokens now and is prefilled over the
+        next steps; an imported request already holds its KV and decodes at once.
         """
-        admitted: list[LiveRequest] = []
         for request in sorted(self._waiting.values(), key=LiveRequest.admission_order):
             needed = 0 if request.num_cached else self._blocks_for(request.length)
             if len(self._running) >= self.config.max_running or needed > self._allocator.num_free:
@@ -273,22 +305,39 @@ class TorchEngine:
             self._running[request.request_id] = request
             if not request.num_cached:
                 request.block_table = self._allocator.allocate(needed)
-                admitted.append(request)
-        return admitted
 
-    def _prefill(self, request: LiveRequest) -> TokenEvent:
-        """Cache all tokens of the request in chunks and sample its next token."""
+    def _prefill(self, request: LiveRequest, chunk: int) -> TokenEvent | None:
+        """Cache the next ``chunk`` uncached tokens; the chunk that completes the prompt
+        samples the request's next token."""
         tokens = request.tokens
-        chunk = self.config.prefill_chunk_size
-        for start in range(0, len(tokens), chunk):
-            end = min(start + chunk, len(tokens))
-            positions = torch.arange(start, end).unsqueeze(0)
-            attend = PagedAttention(
-                self._pool, [request.block_table[: self._blocks_for(end)]], positions
-            )
-            hidden = self.model(torch.tensor([tokens[start:end]]), positions, attend)
-        request.num_cached = len(tokens)
-        return self._emit(request, self.model.logits(hidden[0, -1]))
+        start, end = request.num_cached, request.num_cached + chunk
+        positions = torch.arange(start, end).unsqueeze(0)
+        attend = PagedAttention(
+            self._pool, [request.block_table[: self._blocks_for(end)]], positions
+        )
+        self.model.lora.route([request.params.adapter])
+        hidden = self.model(torch.tensor([tokens[start:end]]), positions, attend)[0]
+        request.num_cached = end
+        if request.params.prompt_logprobs and not request.output:
+            self._record_prompt_logprobs(request, hidden, start)
+        if end < len(tokens):
+            return None
+        return self._emit(request, self.model.logits(hidden[-1]))
+
+    def _record_prompt_logprobs(
+        self, request: LiveRequest, hidden: torch.Tensor, start: int
+    ) -> None:
+        """Log-probabilities of the prompt tokens that this chunk's positions predict."""
+        if start == 0:
+            request.prompt_logprobs = [None]
+        targets = request.prompt[start + 1 : start + 1 + hidden.shape[0]]
+        if not targets:
+            return
+        logprobs = torch.log_softmax(self.model.logits(hidden[: len(targets)]).float(), dim=-1)
+        picked = logprobs.gather(1, torch.tensor(targets).unsqueeze(1))[:, 0]
+        request.prompt_logprobs.extend(
+            TokenLogprob(token, float(lp)) for token, lp in zip(targets, picked, strict=True)
+        )
 
     def _decode(self, requests: list[LiveRequest]) -> list[TokenEvent]:
         """One batched forward that feeds each request its newest token."""
@@ -297,7 +346,8 @@ class TorchEngine:
             return []
         positions = torch.tensor([[request.num_cached] for request in batch])
         attend = PagedAttention(self._pool, [request.block_table for request in batch], positions)
-        token_ids = torch.tensor([[request.output[-1]] for request in batch])
+        token_ids = torch.tensor([[request.tokens[request.num_cached]] for request in batch])
+        self.model.lora.route([request.params.adapter for request in batch])
         logits = self.model.logits(self.model(token_ids, positions, attend)[:, 0])
         events = []
         for request, row in zip(batch, logits, strict=True):
@@ -324,20 +374,39 @@ class TorchEngine:
         """Free a running request's KV and requeue it to be resumed by recomputation."""
         self._remove(request)
         request.num_cached = 0
+        request.prompt_logprobs = []
         self._waiting[request.request_id] = request
 
     def _emit(self, request: LiveRequest, logits: torch.Tensor) -> TokenEvent:
-        """Sample the request's next token, record it, and finish the request if done."""
-        index = len(request.output)
-        token = sample_token(logits, request.params, index, self._generator)
+        """Choose the request's next token, record it, and finish the request if done.
+
+        Penalties and the grammar shape what is sampled; logprobs report the model's own
+        distribution, as OpenAI and vLLM report them.
+        """
+        params, index = request.params, len(request.output)
+        shaped = apply_penalties(logits, request.output, params)
+        if request.grammar is not None:
+            shaped = request.grammar.mask(shaped)
+        token = sample_token(shaped, params, index, self._generator)
+        if request.grammar is not None:
+            request.grammar.accept(token)
         request.output.append(token)
+        logprob: float | None = None
+        top: tuple[TokenLogprob, ...] = ()
+        if params.logprobs is not None:
+            logprob, top = token_logprobs(logits, token, params.logprobs)
+        prompt_logprobs = None
+        if params.prompt_logprobs and index == 0:
+            prompt_logprobs = tuple(request.prompt_logprobs)
         reason = self._finish_reason(request, token)
         if reason is not None:
             self._remove(request)
-        return TokenEvent(request.request_id, token, index, reason)
+        return TokenEvent(request.request_id, token, index, reason, logprob, top, prompt_logprobs)
 
     def _finish_reason(self, request: LiveRequest, token: int) -> FinishReason | None:
         if token in request.params.stop_token_ids:
+            return "stop"
+        if request.grammar is not None and request.grammar.terminated:
             return "stop"
         at_limit = len(request.output) >= request.params.max_tokens
         if at_limit or request.length >= self.model.config.max_positions:
@@ -368,6 +437,21 @@ class TorchEngine:
             raise ValueError("request_id must be a non-empty string")
         if request_id in self._running or request_id in self._waiting:
             raise ValueError(f"request_id {request_id!r} already exists in this engine")
+
+    def _check_adapter(self, params: SamplingParams) -> None:
+        if params.adapter is not None and params.adapter not in self.model.adapter_names:
+            raise ValueError(
+                f"model: adapter {params.adapter!r} is not served here; served adapters: "
+                f"{sorted(self.model.adapter_names)}"
+            )
+
+    def _constrain(self, params: SamplingParams) -> GrammarState | None:
+        """The request's grammar matcher, or ``None`` when it has no ``response_format``."""
+        if params.grammar is None:
+            return None
+        if self._vocabulary is None:
+            raise ValueError("response_format: this engine has no vocabulary to constrain with")
+        return self._vocabulary.constrain(params.grammar)
 
     def _check_unstaged(self, request_id: str) -> None:
         if request_id in self._staged:

@@ -21,7 +21,7 @@ from ray import serve
 from modelfleet.serving.app import deploy, pool_status
 from modelfleet.serving.catalog import resolve_model
 from modelfleet.serving.interface import SamplingParams
-from modelfleet.serving.model import TinyDecoder
+from modelfleet.serving.model import Decoder
 from modelfleet.serving.tokenizer import ByteTokenizer
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 
@@ -81,7 +81,7 @@ def expected_tokens(
 ) -> list[int]:
     """What the mini model generates for ``text`` alone in one in-process engine."""
     torch.set_num_threads(1)
-    engine = TorchEngine(TinyDecoder(resolve_model(MINI_URI, MAX_MODEL_LEN)), EngineConfig())
+    engine = TorchEngine(Decoder(resolve_model(MINI_URI, MAX_MODEL_LEN)), EngineConfig())
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=temperature,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modelfleet.serving.interface import SamplingParams, TokenEvent
-from modelfleet.serving.model import ModelConfig, TinyDecoder
+from modelfleet.serving.model import ModelConfig, Decoder
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 
 torch.set_num_threads(1)
@@ -21,12 +21,12 @@ EngineFactory = Callable[..., TorchEngine]
 
 
 @pytest.fixture(scope="session")
-def model() -> TinyDecoder:
-    return TinyDecoder(SMALL)
+def model() -> Decoder:
+    return Decoder(SMALL)
 
 
 @pytest.fixture
-def make_engine(model: TinyDecoder) -> EngineFactory:
+def make_engine(model: Decoder) -> EngineFactory:
     def make(**overrides: int) -> TorchEngine:
         return TorchEngine(model, EngineConfig(**{"num_blocks": 64, "block_size": 8, **overrides}))
 

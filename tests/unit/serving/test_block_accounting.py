@@ -9,12 +9,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from modelfleet.serving.interface import SamplingParams
 from modelfleet.serving.kvcache import BlockAllocator, OutOfBlocksError
-from modelfleet.serving.model import TinyDecoder
+from modelfleet.serving.model import Decoder
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 
 from .conftest import SMALL, prompt
 
-MODEL = TinyDecoder(SMALL)
+MODEL = Decoder(SMALL)
 NUM_BLOCKS = 32
 
 

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from modelfleet.serving.kvcache import KVPool
-from modelfleet.serving.model import ModelConfig, TinyDecoder
+from modelfleet.serving.model import ModelConfig, Decoder
 from modelfleet.serving.paged_attention import PagedAttention
 
 from .conftest import SMALL, prompt
@@ -25,7 +25,7 @@ def dense_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return out.transpose(1, 2)
 
 
-def dense_logits(model: TinyDecoder, tokens: list[int]) -> torch.Tensor:
+def dense_logits(model: Decoder, tokens: list[int]) -> torch.Tensor:
     positions = torch.arange(len(tokens)).unsqueeze(0)
     return model.logits(model(torch.tensor([tokens]), positions, dense_attention))[0]
 
@@ -35,7 +35,7 @@ def new_pool(config: ModelConfig, num_blocks: int = 32) -> KVPool:
 
 
 def paged_logits(
-    model: TinyDecoder, pool: KVPool, table: list[int], tokens: list[int], prefill: int, chunk: int
+    model: Decoder, pool: KVPool, table: list[int], tokens: list[int], prefill: int, chunk: int
 ) -> torch.Tensor:
     """Logits of every position: chunked prefill of ``prefill`` tokens, then 1-token decodes."""
     rows = []
@@ -47,7 +47,7 @@ def paged_logits(
     return torch.cat(rows)
 
 
-def test_prefill_and_decode_match_dense_attention(model: TinyDecoder) -> None:
+def test_prefill_and_decode_match_dense_attention(model: Decoder) -> None:
     tokens = prompt(45)
     table = [9, 3, 17, 0, 25, 11]
     with torch.inference_mode():
@@ -59,14 +59,14 @@ def test_prefill_and_decode_match_dense_attention(model: TinyDecoder) -> None:
 
 def test_default_tiny_model_matches_dense_attention() -> None:
     config = ModelConfig()
-    model = TinyDecoder(config)
+    model = Decoder(config)
     tokens = prompt(40, salt=3)
     with torch.inference_mode():
         got = paged_logits(model, new_pool(config), [4, 1, 7, 2, 5], tokens, prefill=33, chunk=33)
         torch.testing.assert_close(got, dense_logits(model, tokens), atol=1e-5, rtol=1e-5)
 
 
-def test_batched_decode_with_padded_tables_matches_dense(model: TinyDecoder) -> None:
+def test_batched_decode_with_padded_tables_matches_dense(model: Decoder) -> None:
     """Requests of different lengths share one decode forward without seeing each other."""
     pool = new_pool(SMALL)
     sequences = {
@@ -88,9 +88,9 @@ def test_batched_decode_with_padded_tables_matches_dense(model: TinyDecoder) -> 
 
 def test_model_weights_depend_only_on_seed() -> None:
     torch.manual_seed(123)
-    first = TinyDecoder(SMALL).state_dict()
+    first = Decoder(SMALL).state_dict()
     torch.manual_seed(456)
-    second = TinyDecoder(SMALL).state_dict()
-    other = TinyDecoder(ModelConfig(**{**SMALL.__dict__, "seed": 1})).state_dict()
+    second = Decoder(SMALL).state_dict()
+    other = Decoder(ModelConfig(**{**SMALL.__dict__, "seed": 1})).state_dict()
     assert all(torch.equal(first[name], second[name]) for name in first)
-    assert not torch.equal(first["embed.weight"], other["embed.weight"])
+    assert not torch.equal(first["model.embed_tokens.weight"], other["model.embed_tokens.weight"])

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from modelfleet.serving.interface import SamplingParams, ServingEngine
-from modelfleet.serving.model import ModelConfig, TinyDecoder
+from modelfleet.serving.model import ModelConfig, Decoder
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 
 from .conftest import EngineFactory, prompt
@@ -80,7 +80,7 @@ def test_bad_migration_arguments_are_rejected(make_engine: EngineFactory) -> Non
         make_engine().import_request(replace(state.without_kv(), output_token_ids=(1,) * 5))
 
 
-def test_engine_and_model_configs_are_checked(model: TinyDecoder) -> None:
+def test_engine_and_model_configs_are_checked(model: Decoder) -> None:
     with pytest.raises(ValueError, match="num_blocks"):
         TorchEngine(model, EngineConfig(num_blocks=2, block_size=8))
     with pytest.raises(ValueError, match="block_size"):
