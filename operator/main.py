@@ -95,11 +95,13 @@ def make_backend(args: argparse.Namespace, api: Any) -> Any:
         from modelfleet.backends.kuberay import KubeRayBackend
 
         return KubeRayBackend(api, args.runtime_image)
+    from controllers.secrets import secret_reader
     from modelfleet.backends.local import LocalBackend
     from modelfleet.backends.local_serve import ServeSettings
 
     return LocalBackend(
-        ServeSettings(args.ray_address, args.serve_host, args.serve_port, args.replica_cpus)
+        ServeSettings(args.ray_address, args.serve_host, args.serve_port, args.replica_cpus),
+        secret_reader(api),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from modelfleet.artifacts.cache import default_cache_root, zoo_dir
@@ -25,6 +26,7 @@ def materialize(
     cache_root: Path | None = None,
     pvc_root: Path = Path(PVC_MOUNT_ROOT),
     timeout_s: float = 60,
+    credentials: Mapping[str, str] | None = None,
 ) -> Path:
     """A local directory holding the artifact, checked against the layout for ``kind``.
 
@@ -32,6 +34,8 @@ def materialize(
     fetched or has the wrong layout raises ``ArtifactError``. Local schemes (file, pvc, zoo)
     are used in place; s3 and hf are downloaded into caches and reused while unchanged.
     ``cache_root`` defaults to ``$MODELFLEET_CACHE`` or ``~/.cache/modelfleet``.
+    ``credentials`` are a credentials Secret's keys (see :func:`credential_env`); without
+    them s3 and hf read the process environment.
     """
     parsed = parse_artifact_uri(uri, field)
     root = cache_root if cache_root is not None else default_cache_root()
@@ -43,9 +47,10 @@ def materialize(
         case "pvc":
             path = _pvc_path(parsed, kind, pvc_root)
         case "s3":
-            path = download_s3_dir(parsed, kind, root, timeout_s)
+            path = download_s3_dir(parsed, kind, root, timeout_s, credentials)
         case "hf":
-            path = download_hub_snapshot(parsed, kind, timeout_s)
+            token = None if credentials is None else credentials.get("HF_TOKEN")
+            path = download_hub_snapshot(parsed, kind, timeout_s, token)
     check_artifact_dir(path, uri, kind)
     return path
 

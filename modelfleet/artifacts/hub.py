@@ -27,15 +27,18 @@ ALTERNATIVES = (
 )
 
 
-def download_hub_snapshot(uri: ArtifactUri, kind: ArtifactKind, timeout_s: float) -> Path:
+def download_hub_snapshot(
+    uri: ArtifactUri, kind: ArtifactKind, timeout_s: float, token: str | None = None
+) -> Path:
     """The snapshot directory of the URI's repository and revision.
 
     Only the files the fleet loads are fetched (JSON, safetensors, chat templates), so a
     repository that also ships ``.bin`` or ONNX weights is not downloaded twice over.
-    ``HF_TOKEN`` in the environment reaches private and gated repositories.
+    ``token`` (a credentials Secret's ``HF_TOKEN``), or ``HF_TOKEN`` in the environment,
+    reaches private and gated repositories.
     """
     try:
-        return _snapshot(uri, local_files_only=True, etag_timeout=METADATA_TIMEOUT_S)
+        return _snapshot(uri, local_files_only=True, etag_timeout=METADATA_TIMEOUT_S, token=token)
     except LocalEntryNotFoundError:
         pass
     if is_offline_mode():
@@ -45,7 +48,10 @@ def download_hub_snapshot(uri: ArtifactUri, kind: ArtifactKind, timeout_s: float
         raise ArtifactError(uri.raw, cause, kind)
     try:
         return _snapshot(
-            uri, local_files_only=False, etag_timeout=min(METADATA_TIMEOUT_S, timeout_s)
+            uri,
+            local_files_only=False,
+            etag_timeout=min(METADATA_TIMEOUT_S, timeout_s),
+            token=token,
         )
     except RevisionNotFoundError as error:
         cause = f"the Hub has no revision {uri.revision!r} of {uri.name!r}"
@@ -61,7 +67,9 @@ def download_hub_snapshot(uri: ArtifactUri, kind: ArtifactKind, timeout_s: float
         raise ArtifactError(uri.raw, cause, kind) from error
 
 
-def _snapshot(uri: ArtifactUri, *, local_files_only: bool, etag_timeout: float) -> Path:
+def _snapshot(
+    uri: ArtifactUri, *, local_files_only: bool, etag_timeout: float, token: str | None
+) -> Path:
     return Path(
         snapshot_download(
             uri.name,
@@ -69,6 +77,7 @@ def _snapshot(uri: ArtifactUri, *, local_files_only: bool, etag_timeout: float) 
             allow_patterns=ARTIFACT_FILES,
             local_files_only=local_files_only,
             etag_timeout=etag_timeout,
+            token=token,
         )
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,15 +54,20 @@ class _Object:
 
 
 def download_s3_dir(
-    uri: ArtifactUri, kind: ArtifactKind, cache_root: Path, timeout_s: float
+    uri: ArtifactUri,
+    kind: ArtifactKind,
+    cache_root: Path,
+    timeout_s: float,
+    credentials: Mapping[str, str] | None = None,
 ) -> Path:
     """The local copy of every object under the URI's prefix, downloaded only if not cached.
 
-    Credentials, region and endpoint come from boto3's default chain (``AWS_*`` variables
-    included, ``AWS_ENDPOINT_URL`` for S3-compatible servers). ``timeout_s`` bounds each read;
-    connecting is bounded by at most ``CONNECT_TIMEOUT_S``.
+    Credentials, region and endpoint come from ``credentials`` (the ``AWS_*`` keys of a
+    credentials Secret) when given, else from boto3's default chain (``AWS_*`` variables
+    included, ``AWS_ENDPOINT_URL`` for S3-compatible servers). ``timeout_s`` bounds each
+    read; connecting is bounded by at most ``CONNECT_TIMEOUT_S``.
     """
-    client = _client(timeout_s)
+    client = _client(timeout_s, credentials)
     try:
         objects = _list_objects(client, uri, kind)
         target = cache_root / "artifacts" / "s3" / uri.name / uri.path / _digest(objects)
@@ -86,14 +92,23 @@ def download_s3_dir(
     return target
 
 
-def _client(timeout_s: float) -> Any:
-    """A client from a fresh session, so credentials are read from the environment now."""
+def _client(timeout_s: float, credentials: Mapping[str, str] | None) -> Any:
+    """A client from a fresh session, so credentials are read now: from ``credentials``
+    when given (nothing of the environment is mixed in then), else the environment."""
     config = Config(
         connect_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
         read_timeout=timeout_s,
         retries={"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
     )
-    return boto3.session.Session().client("s3", config=config)
+    if credentials is None:
+        return boto3.session.Session().client("s3", config=config)
+    session = boto3.session.Session(
+        aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
+        region_name=credentials.get("AWS_DEFAULT_REGION"),
+    )
+    return session.client("s3", config=config, endpoint_url=credentials.get("AWS_ENDPOINT_URL"))
 
 
 def _list_objects(client: Any, uri: ArtifactUri, kind: ArtifactKind) -> list[_Object]:

@@ -14,6 +14,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from modelfleet.artifacts.uri import PVC_MOUNT_ROOT
 from modelfleet.backends.base import Owner, spec_hash
 from modelfleet.core.ttl import Ttl
 from modelfleet.core.workload import (
@@ -35,24 +36,58 @@ SERVE_PORT = 8000
 KUBERAY_NOT_INSTALLED = "KubeRayNotInstalled"
 
 
-def _container(name: str, image: str, gpus: int, config: str) -> dict[str, Any]:
+def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str, Any]:
     resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "2Gi"}}
     if gpus:
         resources["limits"] = {"nvidia.com/gpu": gpus}
-    return {
+    container: dict[str, Any] = {
         "name": name,
         "image": image,
         "resources": resources,
-        "env": [{"name": "MODELFLEET_WORKLOAD_CONFIG", "value": config}],
+        "env": [
+            {
+                "name": "MODELFLEET_WORKLOAD_CONFIG",
+                "value": json.dumps(workload.config, sort_keys=True),
+            }
+        ],
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
     }
+    if workload.credential_secrets:
+        container["envFrom"] = [{"secretRef": {"name": s}} for s in workload.credential_secrets]
+    if workload.claims:
+        container["volumeMounts"] = [
+            {
+                "name": _volume_name(claim),
+                "mountPath": f"{PVC_MOUNT_ROOT}/{claim}",
+                "readOnly": True,
+            }
+            for claim in workload.claims
+        ]
+    return container
 
 
-def _worker_group(group: WorkerGroup, image: str, config: str) -> dict[str, Any]:
+def _volume_name(claim: str) -> str:
+    """A pod volume name for a claim; claim names are DNS subdomains, volumes labels."""
+    return f"pvc-{spec_hash({'claim': claim})[:12]}"
+
+
+def _pod(container: dict[str, Any], workload: Workload) -> dict[str, Any]:
+    """A pod spec around ``container`` with the workload's claims as read-only volumes."""
+    pod: dict[str, Any] = {"containers": [container]}
+    if workload.claims:
+        pod["volumes"] = [
+            {
+                "name": _volume_name(claim),
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+            }
+            for claim in workload.claims
+        ]
+    return pod
+
+
+def _worker_group(group: WorkerGroup, image: str, workload: Workload) -> dict[str, Any]:
     selector = dict(group.node_selector)
-    pod: dict[str, Any] = {
-        "containers": [_container("ray-worker", image, group.gpus_per_worker, config)]
-    }
+    pod = _pod(_container("ray-worker", image, group.gpus_per_worker, workload), workload)
     if selector:
         pod["nodeSelector"] = selector
     return {
@@ -67,13 +102,12 @@ def _worker_group(group: WorkerGroup, image: str, config: str) -> dict[str, Any]
 
 def render_cluster_spec(workload: Workload, image: str) -> dict[str, Any]:
     """The RayCluster spec both RayJob and RayService embed."""
-    config = json.dumps(workload.config, sort_keys=True)
     return {
         "headGroupSpec": {
             "rayStartParams": {"dashboard-host": "0.0.0.0"},
-            "template": {"spec": {"containers": [_container("ray-head", image, 0, config)]}},
+            "template": {"spec": _pod(_container("ray-head", image, 0, workload), workload)},
         },
-        "workerGroupSpecs": [_worker_group(g, image, config) for g in workload.worker_groups],
+        "workerGroupSpecs": [_worker_group(g, image, workload) for g in workload.worker_groups],
     }
 
 

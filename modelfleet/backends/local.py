@@ -12,6 +12,7 @@ import importlib.util
 
 from modelfleet.backends.base import Owner
 from modelfleet.backends.local_serve import LocalServe, ServeSettings
+from modelfleet.backends.model_fetch import SecretReader
 from modelfleet.core.workload import (
     ApplyResult,
     Observation,
@@ -35,8 +36,10 @@ def runtime_available(entrypoint: str) -> bool:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, serve_settings: ServeSettings | None = None) -> None:
-        self.serve = LocalServe(serve_settings or ServeSettings())
+    def __init__(
+        self, serve_settings: ServeSettings | None = None, read_secret: SecretReader | None = None
+    ) -> None:
+        self.serve = LocalServe(serve_settings or ServeSettings(), read_secret)
 
     def inventory(self) -> Inventory | None:
         """Everything runs on this machine: there are no nodes to choose between."""

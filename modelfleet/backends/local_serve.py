@@ -19,7 +19,9 @@ from typing import Any
 import ray
 from ray import serve
 
+from modelfleet.artifacts.errors import ArtifactError
 from modelfleet.backends.base import Owner, spec_hash
+from modelfleet.backends.model_fetch import SecretReader, localize_models
 from modelfleet.core.workload import (
     ApplyResult,
     Observation,
@@ -33,6 +35,7 @@ from modelfleet.serving.frontend import OPTIONS_KEY
 RAY_NAMESPACE = "modelfleet"
 DEPLOYING = "Deploying"
 DEPLOY_FAILED = "DeployFailed"
+MODEL_UNAVAILABLE = "ModelUnavailable"
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,9 @@ class _Rollout:
 class LocalServe:
     """Deploys, observes and deletes pools on the local Ray; safe to call from many threads."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, read_secret: SecretReader | None = None) -> None:
         self._settings = settings
+        self._read_secret = read_secret
         self._lock = threading.Lock()
         self._rollouts: dict[str, _Rollout] = {}
         self._app_locks: dict[str, threading.Lock] = {}
@@ -125,10 +129,12 @@ class LocalServe:
         with self._lock:
             return self._app_locks.setdefault(name, threading.Lock())
 
-    def _deploy(self, name: str, config: dict[str, Any], prefix: str) -> None:
+    def _deploy(self, name: str, config: dict[str, Any], owner: Owner) -> None:
+        """Fetch the pool's models to this machine, then deploy it with their local copies."""
+        local = localize_models(config, owner.namespace, self._read_secret)
         with self._app_lock(name):
             self._connect()
-            deploy(config, name=name, route_prefix=prefix)
+            deploy(local, name=name, route_prefix=route_prefix(owner))
 
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
         """Start a rollout when the pool is new or its spec changed; otherwise nothing."""
@@ -139,7 +145,7 @@ class LocalServe:
             current = self._rollouts.get(name)
             if current is not None and current.config_hash == digest:
                 return ApplyResult.UNCHANGED
-            future = run_in_background(self._deploy, name, config, route_prefix(owner))
+            future = run_in_background(self._deploy, name, config, owner)
             self._rollouts[name] = _Rollout(digest, future)
         return ApplyResult.CREATED if current is None else ApplyResult.UPDATED
 
@@ -158,6 +164,9 @@ class LocalServe:
                 f"deploying Serve application {name} with {replicas} replica(s) on the local Ray",
             )
         error = rollout.future.exception()
+        if isinstance(error, ArtifactError):
+            message = f"{error}; the pool is deployed again when its spec changes"
+            return Observation(WorkloadState.FAILED, MODEL_UNAVAILABLE, message)
         if error is not None:
             return Observation(WorkloadState.FAILED, DEPLOY_FAILED, f"{name}: {error}")
         try:

@@ -41,11 +41,17 @@ class WorkerGroup:
 
 @dataclass(frozen=True)
 class Workload:
+    """What a backend runs. ``credential_secrets`` are Secrets whose keys become the
+    runtime's environment (artifact credentials); ``claims`` are PersistentVolumeClaims
+    mounted read-only into the runtime pods at ``/mnt/pvc/<claim>`` (pvc:// artifacts)."""
+
     name: str
     kind: WorkloadKind
     entrypoint: str
     config: dict[str, Any]
     worker_groups: tuple[WorkerGroup, ...]
+    credential_secrets: tuple[str, ...] = ()
+    claims: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from modelfleet.api.modelpool import GpuOffer, ModelPoolSpec, ModelPoolStatus, ReplicaCount
+from modelfleet.artifacts.uri import parse_artifact_uri
 from modelfleet.core.names import child_name
 from modelfleet.core.status import compute_workload_status
 from modelfleet.core.workload import (
@@ -89,7 +90,24 @@ def plan_modelpool(name: str, spec: ModelPoolSpec) -> Workload | Blocked:
         entrypoint=ENTRYPOINT,
         config=spec.to_wire(),
         worker_groups=groups,
+        credential_secrets=tuple(
+            sorted({m.credentials_secret for m in spec.models if m.credentials_secret})
+        ),
+        claims=artifact_claims(spec),
     )
+
+
+def artifact_claims(spec: ModelPoolSpec) -> tuple[str, ...]:
+    """The PersistentVolumeClaims that the pool's pvc:// models and adapters live on."""
+    claims = set()
+    for index, model in enumerate(spec.models):
+        uris = [(model.uri, f"spec.models[{index}].uri")] + [
+            (a.uri, f"spec.models[{index}].adapters[{j}].uri") for j, a in enumerate(model.adapters)
+        ]
+        for uri, field in uris:
+            if uri.startswith("pvc://"):
+                claims.add(parse_artifact_uri(uri, field).name)
+    return tuple(sorted(claims))
 
 
 def compute_modelpool_status(

@@ -110,3 +110,36 @@ def test_local_backend_says_which_runtime_is_missing() -> None:
     assert runtime_available("json") and not runtime_available("no.such.module")
     present = Workload("x", WorkloadKind.JOB, "json", {}, ())
     assert LocalBackend().observe(OWNER, present).reason == "LocalRunNotSupported"
+
+
+def test_model_credentials_and_claims_reach_every_ray_pod() -> None:
+    from modelfleet.api.modelpool import ModelPoolSpec
+    from modelfleet.serving.plan import plan_modelpool
+
+    spec = ModelPoolSpec.model_validate(
+        {
+            "models": [
+                {"name": "a", "uri": "s3://models/a", "credentialsSecret": "s3-creds"},
+                {
+                    "name": "b",
+                    "uri": "pvc://team-models/llama",
+                    "adapters": [{"name": "b-sql", "uri": "pvc://adapters/sql"}],
+                },
+            ]
+        }
+    )
+    workload = plan_modelpool("pool", spec)
+    assert isinstance(workload, Workload)
+    cluster = render(OWNER, workload, "img:1")["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [
+        group["template"]["spec"] for group in cluster["workerGroupSpecs"]
+    ]
+    for pod in pods:
+        container = pod["containers"][0]
+        assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+        claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"]}
+        assert sorted(c["claimName"] for c in claims.values()) == ["adapters", "team-models"]
+        assert all(c["readOnly"] for c in claims.values())
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert set(mounts) == {"/mnt/pvc/adapters", "/mnt/pvc/team-models"}
+        assert all(m["readOnly"] and m["name"] in claims for m in mounts.values())

@@ -181,3 +181,17 @@ def test_silent_endpoint_times_out(
     with pytest.raises(ArtifactError, match="could not be reached"):
         materialize("s3://bucket/model", FIELD, cache_root=tmp_path, timeout_s=1)
     assert time.monotonic() - started < 6
+
+
+def test_a_secrets_credentials_are_used_instead_of_the_environment(
+    s3: S3Server, bucket: str, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3.upload_dir(model_dir, bucket, "model")
+    secret = dict(s3.env)
+    for key in s3.env:
+        monkeypatch.delenv(key)
+    path = materialize(f"s3://{bucket}/model", FIELD, cache_root=tmp_path, credentials=secret)
+    assert files_of(path) == files_of(model_dir)
+    wrong = {**secret, "AWS_SECRET_ACCESS_KEY": "wrong"}
+    with pytest.raises(ArtifactError, match="access was denied"):
+        materialize(f"s3://{bucket}/model", FIELD, cache_root=tmp_path / "b", credentials=wrong)
