@@ -23,7 +23,6 @@ from modelfleet.serving.catalog import resolve_served_model
 from modelfleet.serving.frontend import PoolFrontend, split_args
 from modelfleet.serving.manager import MigrationReport
 from modelfleet.serving.openai_api import ApiError
-from modelfleet.serving.vllm_engine import VllmModel
 
 api = FastAPI(title="modelfleet ModelPool")
 
@@ -90,12 +89,7 @@ def build(args: dict[str, Any]) -> Application:
     """
     spec, options = split_args(args)
     for index, model in enumerate(spec.models):
-        if isinstance(resolve_served_model(model, index), VllmModel):
-            raise ValueError(
-                f"spec.models[{index}].engine: vllm engines run behind the engine interface "
-                f"but the HTTP endpoint only has the byte-level tokenizer of the builtin "
-                f"models, which would garble a Hugging Face model's prompts; use engine: torch"
-            )
+        resolve_served_model(model, index)
     deployment = cast(Deployment, PoolIngress)
     return deployment.options(user_config=spec.to_wire()).bind(
         [model.to_wire() for model in spec.models], options.to_wire()

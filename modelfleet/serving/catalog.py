@@ -81,6 +81,7 @@ def resolve_served_model(
             source=source,
             max_model_len=model.max_model_len,
             tensor_parallel=model.tensor_parallel,
+            adapters=tuple((adapter.name, adapter.uri) for adapter in adapters),
         )
     if model.uri.startswith(BUILTIN_SCHEME):
         if adapters:

@@ -95,10 +95,16 @@ def load_checkpoint(model: CheckpointModel) -> tuple[Decoder, GrammarVocabulary]
 
 
 def localize_vllm_model(model: VllmModel) -> VllmModel:
-    """``model`` with an artifact URI replaced by the local directory it is fetched to."""
-    if "://" not in model.model:
-        return model
-    return replace(model, model=str(materialize(model.model, f"{model.source}.uri")))
+    """``model`` with artifact URIs (its own and its adapters') replaced by the local
+    directories they are fetched to; Hub ids and local paths stay for vLLM to load."""
+    local = model.model
+    if "://" in local:
+        local = str(materialize(local, f"{model.source}.uri"))
+    adapters = tuple(
+        (name, str(materialize(uri, f"{model.source}.adapters[{j}].uri", "adapter")))
+        for j, (name, uri) in enumerate(model.adapters)
+    )
+    return replace(model, model=local, adapters=adapters)
 
 
 class EngineReplica:
