@@ -14,8 +14,16 @@ class ArtifactError(Exception):
     in one sentence; ``uri`` and ``cause`` stay separate for callers that format their own.
     """
 
-    def __init__(self, uri: str, cause: str, kind: ArtifactKind = "model") -> None:
-        super().__init__(f"{kind} {uri!r} is not usable: {cause}")
+    def __init__(
+        self, uri: str, cause: str, kind: ArtifactKind = "model", field: str | None = None
+    ) -> None:
+        where = f"{field}: " if field else ""
+        super().__init__(f"{where}{kind} {uri!r} is not usable: {cause}")
         self.uri = uri
         self.cause = cause
         self.kind = kind
+        self.field = field
+
+    def in_field(self, field: str) -> ArtifactError:
+        """This error naming the spec field that holds the URI."""
+        return ArtifactError(self.uri, self.cause, self.kind, field)

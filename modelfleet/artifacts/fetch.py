@@ -39,20 +39,35 @@ def materialize(
     """
     parsed = parse_artifact_uri(uri, field)
     root = cache_root if cache_root is not None else default_cache_root()
+    try:
+        path = _fetch(parsed, kind, root, pvc_root, timeout_s, credentials)
+        check_artifact_dir(path, uri, kind)
+    except ArtifactError as error:
+        raise error.in_field(field) from error
+    return path
+
+
+def _fetch(
+    parsed: ArtifactUri,
+    kind: ArtifactKind,
+    root: Path,
+    pvc_root: Path,
+    timeout_s: float,
+    credentials: Mapping[str, str] | None,
+) -> Path:
+    """The local directory of ``parsed``, downloading it if its scheme needs that."""
     match parsed.scheme:
         case "file":
-            path = Path(parsed.path)
+            return Path(parsed.path)
         case "zoo":
-            path = _zoo_path(parsed, kind, root)
+            return _zoo_path(parsed, kind, root)
         case "pvc":
-            path = _pvc_path(parsed, kind, pvc_root)
+            return _pvc_path(parsed, kind, pvc_root)
         case "s3":
-            path = download_s3_dir(parsed, kind, root, timeout_s, credentials)
+            return download_s3_dir(parsed, kind, root, timeout_s, credentials)
         case "hf":
             token = None if credentials is None else credentials.get("HF_TOKEN")
-            path = download_hub_snapshot(parsed, kind, timeout_s, token)
-    check_artifact_dir(path, uri, kind)
-    return path
+            return download_hub_snapshot(parsed, kind, timeout_s, token)
 
 
 def _zoo_path(uri: ArtifactUri, kind: ArtifactKind, cache_root: Path) -> Path:

@@ -67,6 +67,8 @@ def test_default_hub_endpoint_never_hangs(tmp_path: Path, monkeypatch: pytest.Mo
     """Without internet the Hub is unreachable; with it the repository does not exist."""
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     started = time.monotonic()
-    with pytest.raises(ArtifactError, match=r"^model 'hf://modelfleet-tests/absent-model' "):
+    with pytest.raises(
+        ArtifactError, match=r"^spec\.models\[0\]\.uri: model 'hf://modelfleet-tests/absent-model' "
+    ):
         materialize("hf://modelfleet-tests/absent-model", FIELD, timeout_s=5)
     assert time.monotonic() - started < 15

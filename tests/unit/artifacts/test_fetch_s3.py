@@ -106,7 +106,7 @@ def test_incomplete_model_fails_the_layout_check(
     with pytest.raises(ArtifactError) as caught:
         materialize(f"s3://{bucket}/model", FIELD, cache_root=tmp_path)
     assert str(caught.value) == (
-        f"model 's3://{bucket}/model' is not usable: tokenizer.json is missing"
+        f"{FIELD}: model 's3://{bucket}/model' is not usable: tokenizer.json is missing"
     )
 
 
