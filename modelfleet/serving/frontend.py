@@ -1,14 +1,17 @@
 """The ModelPool's OpenAI endpoint behind the Serve deployment, and its serving options.
 
-One :class:`PoolFrontend` per ingress replica parses requests, runs one
-:class:`~modelfleet.serving.manager.PoolManager` per served model and turns token
-streams into OpenAI responses and server-sent events.
+One :class:`PoolFrontend` per ingress replica parses requests, tokenizes them with each
+model's own tokenizer, runs one :class:`~modelfleet.serving.manager.PoolManager` per
+served model (its LoRA adapters share it) and turns token streams into OpenAI responses
+and server-sent events. A request with ``n`` choices is ``n`` independent requests in
+the pool, interleaved into one response.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -17,33 +20,48 @@ from pydantic import Field
 from modelfleet.api.common import ApiModel
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel, Slo
 from modelfleet.serving.catalog import resolve_served_model
+from modelfleet.serving.choices import ChoiceDecoder
 from modelfleet.serving.dispatch import DispatchPolicy
-from modelfleet.serving.interface import TokenEvent
-from modelfleet.serving.manager import MigrationReport, OverloadedError, PoolManager, PoolSettings
+from modelfleet.serving.interface import SamplingParams
+from modelfleet.serving.manager import (
+    MigrationReport,
+    OverloadedError,
+    PoolManager,
+    PoolSettings,
+    Stream,
+)
+from modelfleet.serving.model_tokenizer import load_tokenizer
 from modelfleet.serving.openai_api import (
     ApiError,
-    ChatCompletionRequest,
-    CompletionRequest,
-    GenerationRequest,
-    TextDecoder,
     check_length,
     completion_body,
     overloaded,
-    parse_request,
-    sse,
-    text_choice,
     unknown_model,
     usage,
 )
+from modelfleet.serving.openai_requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationRequest,
+    choice_params,
+    parse_request,
+)
 from modelfleet.serving.replica import EngineSpec
-from modelfleet.serving.slo import RequestTiming, SloWindow, time_per_output_token
-from modelfleet.serving.tokenizer import ByteTokenizer
+from modelfleet.serving.responses import (
+    ChoiceFormat,
+    cancel_all,
+    cancel_on_exit,
+    choice_deltas,
+    collect_all,
+    stream_sse,
+    timed,
+)
+from modelfleet.serving.slo import SloWindow
+from modelfleet.serving.tokenizer import ChatTemplateError, ChatTurn, TextTokenizer
 from modelfleet.serving.torch_engine import EngineConfig
 
 OPTIONS_KEY = "servingOptions"
 """Optional key next to the spec fields in ``build``'s args; the operator leaves it out."""
-
-DEFAULT_MAX_TOKENS = 16
 
 
 class ServingOptions(ApiModel):
@@ -97,18 +115,42 @@ def pool_settings(
     )
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a request's ``model`` names: a served model with its tokenizer, and the
+    adapter to decode with (``None``: the base model)."""
+
+    model: ServedModel
+    tokenizer: TextTokenizer
+    adapter: str | None
+
+
+def served_targets(
+    models: Sequence[ServedModel], tokenizers: dict[str, TextTokenizer]
+) -> dict[str, Target]:
+    """Every name a client may pass as ``model``: the models and their adapters."""
+    targets = {m.name: Target(m, tokenizers[m.name], None) for m in models}
+    targets.update(
+        {a.name: Target(m, tokenizers[m.name], a.name) for m in models for a in m.adapters}
+    )
+    return targets
+
+
 class PoolFrontend:
     """The pool's OpenAI endpoint logic and the home of its per-model managers.
 
     A plain class, so that the Serve deployment stays a thin shell: Serve pickles the
-    deployment class by value, while this module is imported by reference.
+    deployment class by value, while this module is imported by reference. Each model's
+    tokenizer is loaded here, when the ingress starts (a download for remote URIs), so
+    a model whose tokenizer cannot be loaded fails the deployment with the reason.
     """
 
     def __init__(self, models: list[dict[str, Any]], options: dict[str, Any], app: str) -> None:
         self._models = [ServedModel.model_validate(m) for m in models]
         self._options = ServingOptions.model_validate(options)
         self._app = app
-        self._tokenizer = ByteTokenizer()
+        tokenizers = {m.name: load_tokenizer(m, i) for i, m in enumerate(self._models)}
+        self._targets = served_targets(self._models, tokenizers)
         self._pools: dict[str, PoolManager] = {}
         self._slo = Slo()
         self._timings = SloWindow()
@@ -139,10 +181,17 @@ class PoolFrontend:
         return same
 
     def list_models(self) -> dict[str, Any]:
-        """The served models, as ``GET /v1/models`` lists them."""
+        """The served models and their adapters (with ``parent``, as vLLM lists them), as
+        ``GET /v1/models`` lists them."""
         data = [
-            {"id": m.name, "object": "model", "created": 0, "owned_by": "modelfleet"}
-            for m in self._models
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "modelfleet",
+                "parent": None if target.adapter is None else target.model.name,
+            }
+            for name, target in self._targets.items()
         ]
         return {"object": "list", "data": data}
 
@@ -150,9 +199,15 @@ class PoolFrontend:
         """``POST /v1/completions`` or ``/v1/chat/completions``, streaming or not."""
         if chat:
             conversation = parse_request(ChatCompletionRequest, body)
-            return await self._generate(conversation, conversation.text(), "messages", chat=True)
+            target = self._target(conversation.model)
+            prompt = _encode_chat(target.tokenizer, conversation.conversation())
+            return await self._generate(conversation, target, prompt, "messages", echo=None)
         completion = parse_request(CompletionRequest, body)
-        return await self._generate(completion, completion.text(), "prompt", chat=False)
+        target = self._target(completion.model)
+        text = completion.text()
+        prompt = target.tokenizer.encode_prompt(text)
+        echo = text if completion.echo else None
+        return await self._generate(completion, target, prompt, "prompt", echo=echo)
 
     def status(self) -> dict[str, Any]:
         """Ready replicas, migrations and recoveries per model, and the endpoint path."""
@@ -181,46 +236,82 @@ class PoolFrontend:
             raise ValueError(f"request_id {request_id!r} names no model of this pool")
         return self._pools[model]
 
+    def _target(self, name: str) -> Target:
+        target = self._targets.get(name)
+        if target is None or target.model.name not in self._pools:
+            raise unknown_model(name, list(self._targets))
+        return target
+
     async def _generate(
-        self, request: GenerationRequest, text: str, prompt_param: str, chat: bool
+        self,
+        request: GenerationRequest,
+        target: Target,
+        prompt: list[int],
+        prompt_param: str,
+        echo: str | None,
     ) -> Response:
         arrived = time.monotonic()
-        model = next((m for m in self._models if m.name == request.model), None)
-        if model is None or model.name not in self._pools:
-            raise unknown_model(request.model, [m.name for m in self._models])
-        prompt = self._tokenizer.encode(text)
-        params = request.sampling(DEFAULT_MAX_TOKENS)
-        check_length(len(prompt), params.max_tokens, model.max_model_len, prompt_param)
-        try:
-            stream = await self._pools[model.name].submit(prompt, params, request.priority)
-        except OverloadedError as error:
-            raise overloaded(str(error), self._options.retry_after_s) from error
-        except ValueError as error:
-            raise ApiError(400, str(error), param=prompt_param) from error
-        response_id = f"{'chatcmpl' if chat else 'cmpl'}-{stream.request_id}"
-        pool = self._pools[model.name]
-        events = _timed(_events(stream.events), arrived, self._timings)
-        if request.stream:
-            body = _stream_sse(response_id, request, len(prompt), chat, events)
-            return StreamingResponse(
-                _cancel_on_exit(body, pool, stream.request_id), media_type="text/event-stream"
+        chat = isinstance(request, ChatCompletionRequest)
+        max_model_len = target.model.max_model_len
+        limit = request.output_limit(max_model_len - len(prompt))
+        check_length(len(prompt), limit, max_model_len, prompt_param, request.limit_param)
+        params = request.sampling(limit, target.tokenizer.eos_token_ids, target.adapter)
+        pool = self._pools[target.model.name]
+        streams = await self._submit(pool, prompt, params, request, prompt_param)
+        response_id = f"{'chatcmpl' if chat else 'cmpl'}-{streams[0].request_id}"
+        request_ids = [stream.request_id for stream in streams]
+        choices = [
+            timed(
+                choice_deltas(
+                    pool, stream, ChoiceDecoder(target.tokenizer, prompt, request.stops, echo)
+                ),
+                arrived,
+                self._timings,
             )
-        try:
-            text_out, finish, tokens = await _collect(events)
-        finally:
-            await pool.cancel(stream.request_id)
-        ids = tokens if request.return_token_ids else None
-        choice = text_choice(text_out, finish, chat, stream=False, token_ids=ids)
+            for stream in streams
+        ]
+        form = ChoiceFormat(
+            target.tokenizer, chat, request.wants_logprobs, request.return_token_ids
+        )
+        if request.streaming:
+            body = stream_sse(
+                response_id, request.model, choices, form, len(prompt), request.include_usage
+            )
+            return StreamingResponse(
+                cancel_on_exit(body, pool, request_ids), media_type="text/event-stream"
+            )
+        results = await collect_all(choices, pool, request_ids)
         return JSONResponse(
             completion_body(
                 response_id,
                 request.model,
-                [choice],
+                [form.choice(index, deltas, stream=False) for index, deltas in enumerate(results)],
                 chat,
                 stream=False,
-                usage=usage(len(prompt), len(tokens)),
+                usage=usage(len(prompt), sum(len(deltas) for deltas in results)),
             )
         )
+
+    async def _submit(
+        self,
+        pool: PoolManager,
+        prompt: list[int],
+        params: SamplingParams,
+        request: GenerationRequest,
+        prompt_param: str,
+    ) -> list[Stream]:
+        """One pool request per choice; if one cannot be placed, none stays."""
+        streams: list[Stream] = []
+        try:
+            for index in range(request.choices):
+                params_i = choice_params(params, index)
+                streams.append(await pool.submit(prompt, params_i, request.priority))
+        except (OverloadedError, ValueError) as error:
+            await cancel_all(pool, [stream.request_id for stream in streams])
+            if isinstance(error, OverloadedError):
+                raise overloaded(str(error), self._options.retry_after_s) from error
+            raise ApiError(400, str(error), param=prompt_param) from error
+        return streams
 
 
 def internal_id(response_id: str) -> str:
@@ -231,72 +322,9 @@ def internal_id(response_id: str) -> str:
     return response_id
 
 
-async def _timed(
-    events: AsyncIterator[TokenEvent], arrived: float, timings: SloWindow
-) -> AsyncIterator[TokenEvent]:
-    """Pass events on, recording the request's latencies as its client sees them once it
-    finishes; a request cut short (client gone, error) is not a sample."""
-    first: float | None = None
-    async for event in events:
-        elapsed = time.monotonic() - arrived
-        first = elapsed if first is None else first
-        if event.finished:
-            tpot = time_per_output_token(first, elapsed, event.index + 1)
-            timings.record(RequestTiming(first, tpot))
-        yield event
-
-
-async def _events(queue: Any) -> AsyncIterator[TokenEvent]:
-    """A stream's events until its last token; a failure the manager reported is raised."""
-    while True:
-        item = await queue.get()
-        if isinstance(item, Exception):
-            raise item
-        yield item
-        if item.finished:
-            return
-
-
-async def _collect(events: AsyncIterator[TokenEvent]) -> tuple[str, str | None, list[int]]:
-    """Text, finish reason and token ids of a whole non-streamed completion."""
-    decoder, parts, finish, tokens = TextDecoder(), [], None, []
-    async for event in events:
-        tokens.append(event.token_id)
-        parts.append(decoder.feed(event.token_id, final=event.finished))
-        finish = event.finish_reason
-    return "".join(parts), finish, tokens
-
-
-async def _stream_sse(
-    response_id: str,
-    request: GenerationRequest,
-    prompt_tokens: int,
-    chat: bool,
-    events: AsyncIterator[TokenEvent],
-) -> AsyncIterator[str]:
-    """SSE chunks: (chat: a role chunk,) one chunk per token, then usage and ``[DONE]``."""
-    if chat:
-        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        yield sse(completion_body(response_id, request.model, [role], chat, stream=True))
-    decoder, count = TextDecoder(), 0
-    async for event in events:
-        count += 1
-        text = decoder.feed(event.token_id, final=event.finished)
-        ids = [event.token_id] if request.return_token_ids else None
-        choice = text_choice(text, event.finish_reason, chat, stream=True, token_ids=ids)
-        yield sse(completion_body(response_id, request.model, [choice], chat, stream=True))
-    if request.include_usage:
-        total = usage(prompt_tokens, count)
-        yield sse(completion_body(response_id, request.model, [], chat, stream=True, usage=total))
-    yield sse("[DONE]")
-
-
-async def _cancel_on_exit(
-    body: AsyncIterator[str], pool: PoolManager, request_id: str
-) -> AsyncIterator[str]:
-    """Pass the body through; whatever ends it (a client that left included) frees the KV."""
+def _encode_chat(tokenizer: TextTokenizer, turns: list[ChatTurn]) -> list[int]:
+    """The conversation's prompt ids; a conversation the model cannot take is a 400."""
     try:
-        async for chunk in body:
-            yield chunk
-    finally:
-        await pool.cancel(request_id)
+        return tokenizer.encode_chat(turns)
+    except ChatTemplateError as error:
+        raise ApiError(400, f"messages: {error}", param="messages") from error

@@ -77,9 +77,10 @@ def client(base_url: str) -> openai.OpenAI:
 
 
 def expected_tokens(
-    text: str, max_tokens: int, temperature: float = 0.0, seed: int = 0
+    text: str, max_tokens: int, temperature: float = 0.0, seed: int = 0, **sampling: Any
 ) -> list[int]:
-    """What the mini model generates for ``text`` alone in one in-process engine."""
+    """What the mini model generates for ``text`` alone in one in-process engine;
+    ``sampling`` holds further :class:`SamplingParams` fields (penalties, say)."""
     torch.set_num_threads(1)
     engine = TorchEngine(Decoder(resolve_model(MINI_URI, MAX_MODEL_LEN)), EngineConfig())
     params = SamplingParams(
@@ -87,6 +88,7 @@ def expected_tokens(
         temperature=temperature,
         seed=seed,
         stop_token_ids=(ByteTokenizer.EOS,),
+        **sampling,
     )
     engine.add_request("r", ByteTokenizer().encode(text), params)
     return [event.token_id for event in engine.stream("r")]

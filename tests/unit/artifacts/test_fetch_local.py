@@ -36,7 +36,10 @@ def test_file_uri_that_does_not_exist(tmp_path: Path) -> None:
 def test_model_uri_read_as_adapter_names_the_missing_adapter_files(model_dir: Path) -> None:
     with pytest.raises(
         ArtifactError,
-        match=r"^spec\.models\[0\]\.uri: adapter .* adapter_config\.json and adapter_model\.safetensors are missing$",
+        match=(
+            r"^spec\.models\[0\]\.uri: adapter .* "
+            r"adapter_config\.json and adapter_model\.safetensors are missing$"
+        ),
     ):
         materialize(f"file://{model_dir}", FIELD, "adapter")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modelfleet.serving.interface import SamplingParams, TokenEvent
-from modelfleet.serving.model import ModelConfig, Decoder
+from modelfleet.serving.model import Decoder, ModelConfig
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 
 torch.set_num_threads(1)

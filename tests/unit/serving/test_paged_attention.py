@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from modelfleet.serving.kvcache import KVPool
-from modelfleet.serving.model import ModelConfig, Decoder
+from modelfleet.serving.model import Decoder, ModelConfig
 from modelfleet.serving.paged_attention import PagedAttention
 
 from .conftest import SMALL, prompt

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from modelfleet.serving.interface import SamplingParams, ServingEngine
-from modelfleet.serving.model import ModelConfig, Decoder
+from modelfleet.serving.model import Decoder, ModelConfig
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 
 from .conftest import EngineFactory, prompt
