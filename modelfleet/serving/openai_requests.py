@@ -5,10 +5,11 @@ with a 400 naming it; nothing is silently ignored. A field the pool does not imp
 is accepted only when it asks for nothing: ``null`` or OpenAI's own default (``{}`` for
 ``logit_bias``, ``false`` for ``store``, ...), see :data:`COMPLETION_UNSUPPORTED`,
 :data:`CHAT_UNSUPPORTED` and :data:`MESSAGE_UNSUPPORTED`. Fields OpenAI does not
-define are refused, except two extensions (pass them in ``extra_body``): ``priority``,
-where higher-priority requests get KV headroom when dispatched, and
-``return_token_ids`` (as in vLLM), which adds each choice's generated token ids so
-clients can compare exact outputs.
+define are refused, except three extensions (pass them in ``extra_body``): ``priority``,
+where higher-priority requests get KV headroom when dispatched, ``return_token_ids`` (as
+in vLLM), which adds each choice's generated token ids so clients can compare exact
+outputs, and ``ignore_eos`` (as in vLLM), which decodes past the model's EOS until
+``max_tokens`` or a stop string, for load tests and benchmarks of fixed length.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class GenerationRequest(RequestModel):
     stream_options: StreamOptions | None = None
     priority: int = Field(default=0, ge=-100, le=100)
     return_token_ids: bool = False
+    ignore_eos: bool = False
 
     @field_validator("stream_options")
     @classmethod
@@ -188,7 +190,7 @@ class GenerationRequest(RequestModel):
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             seed=self.seed,
-            stop_token_ids=eos_token_ids,
+            stop_token_ids=() if self.ignore_eos else eos_token_ids,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
             adapter=adapter,

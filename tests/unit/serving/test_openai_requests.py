@@ -118,9 +118,11 @@ def test_stream_options_need_a_stream_and_known_keys() -> None:
     assert chat(stream=True, stream_options={"include_usage": True}).include_usage
 
 
-def test_the_two_extensions_are_accepted() -> None:
+def test_the_three_extensions_are_accepted() -> None:
     request = completion(priority=5, return_token_ids=True)
     assert request.priority == 5 and request.return_token_ids
+    assert sampling(request).stop_token_ids != ()
+    assert sampling(completion(ignore_eos=True)).stop_token_ids == ()
 
 
 def test_nulls_mean_openais_defaults() -> None:
