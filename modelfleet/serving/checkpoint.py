@@ -126,22 +126,13 @@ def load_decoder(directory: Path, max_model_len: int) -> Decoder:
     return decoder
 
 
-def eos_token_ids(directory: Path) -> tuple[int, ...]:
-    """The ids that end generation: ``generation_config.json``'s ``eos_token_id`` (an id
-    or a list) and the tokenizer's own EOS token, as ``generate`` stops on them."""
-    ids: list[int] = []
-    generation = directory / "generation_config.json"
-    if generation.is_file():
-        eos = read_json(generation).get("eos_token_id")
-        ids.extend([eos] if isinstance(eos, int) else list(eos or []))
-    tokenizer = read_json(directory / "tokenizer_config.json").get("eos_token")
-    if isinstance(tokenizer, dict):
-        tokenizer = tokenizer.get("content")
-    if isinstance(tokenizer, str):
-        vocab = {
-            t["content"]: t["id"]
-            for t in read_json(directory / "tokenizer.json").get("added_tokens", [])
-        }
-        if tokenizer in vocab:
-            ids.append(int(vocab[tokenizer]))
-    return tuple(dict.fromkeys(ids))
+def generation_eos_ids(directory: Path) -> list[int]:
+    """``generation_config.json``'s ``eos_token_id`` (an id or a list), as ``generate``
+    stops on it; none when the file or the key is absent."""
+    path = directory / "generation_config.json"
+    if not path.is_file():
+        return []
+    eos = read_json(path).get("eos_token_id")
+    if eos is None:
+        return []
+    return [int(token) for token in eos] if isinstance(eos, list) else [int(eos)]

@@ -20,9 +20,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from modelfleet.api.modelpool import ServedModel
 from modelfleet.artifacts.fetch import materialize
 from modelfleet.serving.catalog import BUILTIN_SCHEME
+from modelfleet.serving.checkpoint import generation_eos_ids
 from modelfleet.serving.tokenizer import ByteTokenizer, ChatTemplateError, ChatTurn, TextTokenizer
 
-GENERATION_CONFIG = "generation_config.json"
 WORD_START = "\u2581"
 """SentencePiece's marker for a space before a word."""
 BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -61,7 +61,7 @@ class HfTokenizer:
         config's (an int or a list there)."""
         tokenizer = AutoTokenizer.from_pretrained(path)
         eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-        return cls(tokenizer, [*_generation_eos(path / GENERATION_CONFIG), *eos])
+        return cls(tokenizer, [*generation_eos_ids(path), *eos])
 
     def encode_prompt(self, text: str) -> list[int]:
         """Ids of ``text`` with the special tokens the tokenizer adds (BOS, if any)."""
@@ -125,16 +125,6 @@ def _nodes(tree: Any) -> Iterator[dict[str, Any]]:
     elif isinstance(tree, list):
         for value in tree:
             yield from _nodes(value)
-
-
-def _generation_eos(path: Path) -> list[int]:
-    """``eos_token_id`` of a generation config, none when the file or the key is absent."""
-    if not path.is_file():
-        return []
-    eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
-    if eos is None:
-        return []
-    return [int(token) for token in eos] if isinstance(eos, list) else [int(eos)]
 
 
 def load_tokenizer(model: ServedModel, index: int) -> TextTokenizer:

@@ -20,7 +20,7 @@ import torch
 
 from modelfleet.artifacts.fetch import materialize
 from modelfleet.serving.catalog import CheckpointModel
-from modelfleet.serving.checkpoint import eos_token_ids, load_decoder
+from modelfleet.serving.checkpoint import load_decoder
 from modelfleet.serving.grammar import GrammarVocabulary
 from modelfleet.serving.interface import (
     EngineLoad,
@@ -32,6 +32,7 @@ from modelfleet.serving.interface import (
 )
 from modelfleet.serving.lora import read_adapter
 from modelfleet.serving.model import Decoder, ModelConfig
+from modelfleet.serving.model_tokenizer import HfTokenizer
 from modelfleet.serving.tokenizer import ByteTokenizer
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 from modelfleet.serving.vllm_engine import VllmEngine, VllmModel
@@ -89,7 +90,7 @@ def load_checkpoint(model: CheckpointModel) -> tuple[Decoder, GrammarVocabulary]
     except ValueError as error:
         raise ValueError(f"{model.field} {model.uri!r}: {error}") from error
     vocabulary = GrammarVocabulary.from_tokenizer_dir(
-        directory, decoder.config.vocab_size, eos_token_ids(directory)
+        directory, decoder.config.vocab_size, HfTokenizer.from_dir(directory).eos_token_ids
     )
     return decoder, vocabulary
 

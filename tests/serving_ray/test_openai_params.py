@@ -15,12 +15,12 @@ from typing import Any
 import openai
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from ray import serve
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 from modelfleet.serving.app import deploy, pool_status
 from modelfleet.serving.tokenizer import ByteTokenizer
+from tests.unit.serving.checkpoints import save_adapter
 from tests.unit.serving.tokenizers_for_tests import MULTILINGUAL, byte_level_bpe
 
 from .conftest import MAX_MODEL_LEN, MINI_URI, MODEL, client, expected_tokens
@@ -56,18 +56,6 @@ def random_qwen(tokenizer: PreTrainedTokenizerFast) -> Any:
     return model
 
 
-def save_adapter(base: Any, directory: Path) -> None:
-    """A LoRA adapter of ``base`` with random (non-zero) weights on q and v."""
-    torch.manual_seed(1)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    peft_model = get_peft_model(base, config)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 0.3)
-    peft_model.save_pretrained(directory)
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     return byte_level_bpe()
@@ -81,7 +69,7 @@ def checkpoint(
     directory = tmp_path_factory.mktemp("qwen")
     random_qwen(tokenizer).save_pretrained(directory / "base")
     tokenizer.save_pretrained(directory / "base")
-    save_adapter(random_qwen(tokenizer), directory / "lora")
+    save_adapter(random_qwen(tokenizer), directory / "lora", 1, ["q_proj", "v_proj"])
     return directory
 
 

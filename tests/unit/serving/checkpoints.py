@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 SHAPE: dict[str, Any] = {
@@ -45,3 +46,16 @@ def save_random_checkpoint(name: str, directory: Path, seed: int = 0) -> Any:
     model.eval()
     model.save_pretrained(directory)
     return model
+
+
+def save_adapter(base: Any, directory: Path, seed: int, targets: list[str]) -> Any:
+    """A PEFT LoRA adapter with random (non-zero) B, saved; returns the PEFT model."""
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    peft_model = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.3)
+    peft_model.save_pretrained(directory)
+    return peft_model

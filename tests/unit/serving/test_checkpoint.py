@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 from modelfleet.serving.checkpoint import config_from_hf, load_decoder
 from modelfleet.serving.interface import SamplingParams, TokenEvent
 from modelfleet.serving.lora import read_adapter
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
-from tests.unit.serving.checkpoints import ARCHITECTURES, save_random_checkpoint
+from tests.unit.serving.checkpoints import ARCHITECTURES, save_adapter, save_random_checkpoint
 
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [5, 9], [40] * 30]
 
@@ -134,19 +133,6 @@ def test_chunked_prefill_keeps_decoding_while_a_long_prompt_arrives(tmp_path: Pa
     assert tokens(run(whole, {"r": (prompt, params)})["r"]) == tokens(
         run(chunked, {"r": (prompt, params)})["r"]
     )
-
-
-def save_adapter(base: Any, directory: Path, seed: int, targets: list[str]) -> Any:
-    """A PEFT LoRA adapter with random (non-zero) B, saved; returns the PEFT model."""
-    torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-    peft_model = get_peft_model(base, config)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 0.3)
-    peft_model.save_pretrained(directory)
-    return peft_model
 
 
 def test_adapters_decode_like_their_merged_models_batched_together(tmp_path: Path) -> None:
