@@ -357,11 +357,15 @@ class PoolManager:
                 if count <= 1:
                     break
             stopped = time.perf_counter()
-            state: RequestState = await source.actor.export_request.remote(rid, end)
+            exported: tuple[RequestState, list[TokenEvent]]
+            exported = await source.actor.export_request.remote(rid, end)
+            state, unpolled = exported
         except (RayActorError, ValueError, ReplicaDrainingError, OutOfBlocksError) as error:
             log.info("migration of %s from %s called off: %s", rid, source.name, error)
             await self._abort_quietly(target, rid)
             return None
+        for event in unpolled:
+            stream.deliver(event)
         stream.deliver_tokens(state.output_token_ids)
         stream.replica = target.name
         try:

@@ -166,9 +166,15 @@ class EngineReplica:
         """Copy the request's full KV blocks from ``from_block`` on; it keeps decoding."""
         return self._engine.export_kv_blocks(request_id, from_block)
 
-    async def export_request(self, request_id: str, from_block: int) -> RequestState:
-        """Stop the request here and hand over its state and the unstaged KV blocks."""
-        return self._engine.export_request(request_id, from_block)
+    async def export_request(
+        self, request_id: str, from_block: int
+    ) -> tuple[RequestState, list[TokenEvent]]:
+        """Stop the request here and hand over its state and the unstaged KV blocks, with
+        its events not yet polled: they carry what the state does not (logprobs)."""
+        state = self._engine.export_request(request_id, from_block)
+        mine = [event for event in self._outbox if event.request_id == request_id]
+        self._outbox = [event for event in self._outbox if event.request_id != request_id]
+        return state, mine
 
     async def import_kv_blocks(self, request_id: str, chunk: KVChunk) -> tuple[int, int]:
         """Write a staged chunk of a request still decoding on another replica.
