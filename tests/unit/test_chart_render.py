@@ -436,8 +436,23 @@ OPERATOR_MODULES = [
     "controllers.probes",
     "modelfleet.backends.kuberay",
     "modelfleet.core.tls",
+    "controllers.secrets",
 ]
-NOT_IN_OPERATOR_IMAGE = {"ray", "torch", "vllm", "deepspeed"}
+NOT_IN_OPERATOR_IMAGE = {
+    "ray",
+    "torch",
+    "vllm",
+    "deepspeed",
+    # Models are loaded, tokenized and fetched by the runtime, never by the operator.
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "huggingface-hub",
+    "huggingface_hub",
+    "jinja2",
+    "xgrammar",
+    "boto3",
+}
 
 
 def test_operator_image_has_what_the_operator_imports() -> None:
