@@ -91,6 +91,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture(scope="session")
+def zoo_arith() -> Path:
+    """The zoo model the examples serve (``zoo://llama-arith``), trained once, cached."""
+    from modelfleet.zoo.cache import ensure_model
+
+    return ensure_model("llama-arith")
+
+
+@pytest.fixture(scope="session")
 def kube(cluster: LocalCluster) -> Kube:
     return Kube(cluster)
 

@@ -104,7 +104,7 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
     assert pool["replicas"] == 2 and pool["endpoint"].startswith(
         "http://chat-serve-serve-svc.ray.svc"
     )
-    assert pool["replicasByGpuType"] == [{"gpuType": "cpu", "model": "tiny-chat", "replicas": 2}]
+    assert pool["replicasByGpuType"] == [{"gpuType": "cpu", "model": "arith", "replicas": 2}]
     assert kube.wait_reason("routingpolicy/chat-router", NS, "TargetsReady")["status"] == "True"
 
     before = kube.get("rayservice/chat-serve", "-n", NS)["metadata"]["annotations"][

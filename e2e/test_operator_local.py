@@ -6,17 +6,26 @@ private Ray the operator starts, and answered through the official openai client
 
 from __future__ import annotations
 
+import json
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
 
 from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
 from modelfleet.devcluster.cluster import free_port
+from modelfleet.serving.checkpoint import load_decoder
+from modelfleet.serving.interface import SamplingParams
+from modelfleet.serving.model_tokenizer import HfTokenizer
+from modelfleet.serving.torch_engine import TorchEngine
+
+if TYPE_CHECKING:
+    from conftest import S3Server
 
 pytestmark = pytest.mark.envtest
 NS = "local"
@@ -29,7 +38,7 @@ SERVING_TIMEOUT = 240
 
 
 @pytest.fixture(scope="module")
-def operator(kube: Kube, start_operator: object) -> Iterator[Operator]:
+def operator(kube: Kube, start_operator: object, zoo_arith: Path) -> Iterator[Operator]:
     namespace(kube, NS)
     running = start_operator(  # type: ignore[operator]
         "--backend=local", "--standalone", f"--namespace={NS}", f"--serve-port={SERVE_PORT}"
@@ -125,31 +134,43 @@ def test_invalid_spec_past_the_webhook_is_reported_once(kube: Kube, operator: Op
     assert operator.process.poll() is None
 
 
+def engine_tokens(model: Path, messages: list[dict[str, str]]) -> list[int]:
+    """The greedy reply of the served checkpoint, from an engine in this process."""
+    tokenizer = HfTokenizer.from_dir(model)
+    engine = TorchEngine(load_decoder(model, 512))
+    params = SamplingParams(max_tokens=64, stop_token_ids=tokenizer.eos_token_ids)
+    engine.add_request("r", tokenizer.encode_chat(messages), params)  # type: ignore[arg-type]
+    return [event.token_id for event in engine.stream("r")]
+
+
 def _pool_status(kube: Kube) -> dict[str, Any]:
     return kube.get(POOL, "-n", NS).get("status") or {}
 
 
 @pytest.mark.slow
-def test_modelpool_serves_through_the_openai_client(kube: Kube, operator: Operator) -> None:
+def test_modelpool_serves_through_the_openai_client(
+    kube: Kube, operator: Operator, zoo_arith: Path
+) -> None:
     ready = kube.wait_reason(POOL, NS, "Serving", timeout=SERVING_TIMEOUT)
     assert ready["status"] == "True", operator.logs()[-3000:]
     status = _pool_status(kube)
     assert status["endpoint"] == POOL_BASE
     assert status["replicas"] == 2
-    assert status["replicasByGpuType"] == [{"gpuType": "cpu", "model": "tiny-chat", "replicas": 2}]
+    assert status["replicasByGpuType"] == [{"gpuType": "cpu", "model": "arith", "replicas": 2}]
     assert status["costPerHour"] == pytest.approx(0.2)
     assert kube("get", POOL, "-n", NS, "-o", "jsonpath={.status.replicas}") == "2"
     kube.wait_reason("routingpolicy/chat-router", NS, "TargetsReady")
 
     client = openai.OpenAI(base_url=POOL_BASE, api_key="unused", max_retries=0, timeout=60)
-    assert [m.id for m in client.models.list()] == ["tiny-chat"]
-    request: dict[str, Any] = {
-        "model": "tiny-chat",
-        "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": 12,
-        "temperature": 0,
-    }
-    whole = client.chat.completions.create(**request)
+    assert [m.id for m in client.models.list()] == ["arith"]
+    question = [{"role": "user", "content": "What is 347 + 85?"}]
+    request: dict[str, Any] = {"model": "arith", "messages": question, "temperature": 0}
+    whole = client.chat.completions.create(**request, extra_body={"return_token_ids": True})
+    expected = engine_tokens(zoo_arith, question)
+    assert whole.choices[0].model_extra["token_ids"] == expected
+    assert whole.choices[0].message.content == HfTokenizer.from_dir(zoo_arith).decode(expected)
+    assert whole.choices[0].message.content.isdigit()
+    assert whole.choices[0].finish_reason == "stop"
     chunks = list(
         client.chat.completions.create(
             **request, stream=True, stream_options={"include_usage": True}
@@ -157,13 +178,10 @@ def test_modelpool_serves_through_the_openai_client(kube: Kube, operator: Operat
     )
     usage = chunks[-1].usage
     assert usage is not None and whole.usage is not None
-    # The tiny model's weights are random, so it may emit its EOS before max_tokens.
-    finish = "length" if usage.completion_tokens == 12 else "stop"
-    assert 1 <= usage.completion_tokens <= 12
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == finish
+    assert usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == whole.choices[0].message.content
-    assert usage.completion_tokens == whole.usage.completion_tokens
     with pytest.raises(openai.NotFoundError, match="no-such-model"):
         client.completions.create(model="no-such-model", prompt="hi", max_tokens=1)
 
@@ -227,3 +245,75 @@ spec:
         if e["involvedObject"]["name"] == "unknown-model" and e["reason"] == "DeployFailed"
     ]
     assert len(events) == 1
+
+
+@pytest.mark.slow
+def test_a_pool_whose_model_cannot_be_fetched_names_the_uri_and_cause(
+    kube: Kube, operator: Operator
+) -> None:
+    uris = {"missing-model": "file:///nonexistent/model", "hub-model": "hf://acme/no-such-model"}
+    for name, uri in uris.items():
+        pool = f"""
+apiVersion: modelfleet.io/v1alpha1
+kind: ModelPool
+metadata: {{name: {name}}}
+spec:
+  models: [{{name: m, uri: "{uri}", maxModelLen: 256}}]
+  replicas: 1
+"""
+        kube("apply", "-n", NS, "-f", "-", stdin=pool)
+    for name, uri in uris.items():
+        ready = kube.wait_reason(f"modelpool/{name}", NS, "ModelUnavailable", timeout=60)
+        assert ready["status"] == "False"
+        assert f"spec.models[0].uri: model '{uri}' is not usable: " in ready["message"]
+    assert "Hub could not be reached" in kube.condition("modelpool/hub-model", NS)["message"]
+    assert operator.process.poll() is None
+    for name in uris:
+        kube("delete", f"modelpool/{name}", "-n", NS, "--timeout=60s")
+
+
+@pytest.mark.slow
+def test_a_pool_serves_a_model_from_s3_with_its_credentials_secret(
+    kube: Kube, operator: Operator, zoo_arith: Path, s3_server: S3Server
+) -> None:
+    s3_server.upload_dir(zoo_arith, "fleet-models", "zoo/llama-arith")
+    secret = {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key,
+        "AWS_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    kube(
+        "create",
+        "secret",
+        "generic",
+        "model-store",
+        "-n",
+        NS,
+        *(f"--from-literal={key}={value}" for key, value in secret.items()),
+    )
+    pool = """
+apiVersion: modelfleet.io/v1alpha1
+kind: ModelPool
+metadata: {name: from-s3}
+spec:
+  models:
+    - {name: arith-s3, uri: "s3://fleet-models/zoo/llama-arith", credentialsSecret: model-store,
+       maxModelLen: 256}
+  replicas: 1
+"""
+    kube("apply", "-n", NS, "-f", "-", stdin=pool)
+    ready = kube.wait_reason("modelpool/from-s3", NS, "Serving", timeout=SERVING_TIMEOUT)
+    assert ready["status"] == "True", operator.logs()[-3000:]
+    endpoint = kube.get("modelpool/from-s3", "-n", NS)["status"]["endpoint"]
+    client = openai.OpenAI(base_url=endpoint, api_key="unused", max_retries=0, timeout=60)
+    question = [{"role": "user", "content": "What is 12 + 30?"}]
+    reply = client.chat.completions.create(
+        model="arith-s3", messages=question, temperature=0, extra_body={"return_token_ids": True}
+    )
+    assert reply.choices[0].model_extra["token_ids"] == engine_tokens(zoo_arith, question)
+    status = json.dumps(kube.get("modelpool/from-s3", "-n", NS)["status"])
+    assert s3_server.secret_access_key not in status and s3_server.secret_access_key not in (
+        operator.logs()
+    )
+    kube("delete", "modelpool/from-s3", "-n", NS, "--timeout=60s")

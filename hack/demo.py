@@ -19,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from modelfleet.zoo.cache import ensure_model
 
 from modelfleet.devcluster import LocalCluster, find_binaries
 from modelfleet.devcluster.cluster import free_port
+from modelfleet.zoo.skills import SKILLS, Split
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
+ZOO_MODEL = "llama-arith"
+DEMO_SEED = 2026
 
 
 def start_operator(cluster: LocalCluster, metrics_port: int, serve_port: int) -> int:
@@ -126,40 +130,56 @@ def wait_for_pool(cluster: LocalCluster, name: str, timeout: float = 300) -> dic
 
 
 def query_pool(endpoint: str) -> None:
-    """A few requests through the official openai client, one of them streamed."""
+    """Held-out questions of the skills the model was trained on, through the official
+    openai client, each answer next to the exact one; then a streamed reply."""
     client = openai.OpenAI(base_url=endpoint, api_key="unused", max_retries=2, timeout=60)
     print(f"  models: {[m.id for m in client.models.list()]}")
-    reply = client.chat.completions.create(
-        model="tiny-chat", messages=[{"role": "user", "content": "Hello!"}], max_tokens=16
-    )
-    usage = reply.usage
-    assert usage is not None
-    print(
-        f"  chat completion {reply.id}: {usage.prompt_tokens} prompt + "
-        f"{usage.completion_tokens} completion tokens, "
-        f"finish_reason={reply.choices[0].finish_reason}"
-    )
+    questions = [
+        *SKILLS["addition"].take(Split.HELDOUT, DEMO_SEED, 4),
+        *SKILLS["sorting"].take(Split.HELDOUT, DEMO_SEED, 2),
+    ]
+    correct = 0
+    for example in questions:
+        reply = client.chat.completions.create(
+            model="arith",
+            messages=[{"role": "user", "content": example.prompt}],
+            temperature=0,
+        )
+        answer = reply.choices[0].message.content or ""
+        correct += answer == example.answer
+        mark = "right" if answer == example.answer else "WRONG"
+        print(f"  {example.prompt:<34} model: {answer:<12} expected: {example.answer:<12} {mark}")
+    print(f"  {correct}/{len(questions)} correct (questions held out from training)")
     started = time.perf_counter()
     first = 0.0
-    chunks = 0
-    stream = client.completions.create(
-        model="tiny-chat", prompt="Once upon a time", max_tokens=32, stream=True
+    text = ""
+    stream = client.chat.completions.create(
+        model="arith",
+        messages=[{"role": "user", "content": questions[0].prompt}],
+        temperature=0,
+        stream=True,
     )
-    for _ in stream:
-        chunks += 1
-        first = first or time.perf_counter() - started
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter() - started
+            text += chunk.choices[0].delta.content
     total = time.perf_counter() - started
     print(
-        f"  streamed completion: {chunks} chunks, first after {first * 1000:.0f} ms, "
-        f"all in {total * 1000:.0f} ms"
+        f"  streamed the first answer again: {text!r}, first token after "
+        f"{first * 1000:.0f} ms, all in {total * 1000:.0f} ms"
     )
-    print(
-        "  (the tiny model's weights are drawn from a seed, so its text is noise: the path is real)"
-    )
+
+
+def build_zoo_model() -> None:
+    """Train (or find cached) the one zoo model the demo serves, showing progress."""
+    print(f"\nThe pool serves zoo://{ZOO_MODEL}, a tiny Llama trained here on generated skills")
+    started = time.monotonic()
+    path = ensure_model(ZOO_MODEL, progress=lambda line: print(f"  {line}", flush=True))
+    print(f"  ready in {time.monotonic() - started:.0f} s: {path}")
 
 
 def serve_demo(cluster: LocalCluster) -> None:
-    print("\nServing modelpool/chat on a local Ray (Ray Serve, 2 engine replicas) ...")
+    print(f"\nServing modelpool/chat (zoo://{ZOO_MODEL}) on a local Ray: Ray Serve, 2 replicas")
     status = wait_for_pool(cluster, "chat")
     endpoint = status["endpoint"]
     print(f"  endpoint {endpoint}")
@@ -203,6 +223,7 @@ def main() -> int:
     print(f"  API server {cluster.server}, kubeconfig {cluster.kubeconfig}")
     print(cluster.kubectl("apply", "-f", str(ROOT / "crds")).strip())
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    build_zoo_model()
     metrics_port = free_port()
     pid = start_operator(cluster, metrics_port, free_port())
     print(f"Starting the operator (backend=local), pid {pid}")

@@ -1,8 +1,10 @@
 """A real local Ray with Serve on loopback, shared by every test in this directory.
 
-Each test module deploys its own small pool of the mini builtin model; the cluster is
-started once for this directory and shut down after it, whatever ``RAY_ADDRESS`` says,
-so other test directories never see it.
+Each test module deploys its own small pool: of the zoo's ``llama-arith`` (a trained
+Llama with its own BPE tokenizer), or of the builtin mini model (byte tokenizer) where a
+test checks the protocol byte by byte. The cluster is started once for this directory
+and shut down after it, whatever ``RAY_ADDRESS`` says, so other test directories never
+see it.
 """
 
 from __future__ import annotations
@@ -10,23 +12,30 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 import ray
 import torch
+from modelfleet.zoo.cache import ensure_model
 from ray import serve
 
 from modelfleet.serving.app import deploy, pool_status
 from modelfleet.serving.catalog import resolve_model
+from modelfleet.serving.checkpoint import load_decoder
 from modelfleet.serving.interface import SamplingParams
 from modelfleet.serving.model import Decoder
+from modelfleet.serving.model_tokenizer import HfTokenizer
 from modelfleet.serving.tokenizer import ByteTokenizer
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 
 MODEL = "mini"
 MINI_URI = "builtin://tiny-llama-mini"
+ZOO = "arith"
+ZOO_MODEL = "llama-arith"
+URIS = {MODEL: MINI_URI, ZOO: f"zoo://{ZOO_MODEL}"}
 MAX_MODEL_LEN = 1024
 
 
@@ -38,10 +47,10 @@ def free_port() -> int:
         return port
 
 
-def pool_spec(replicas: int, **options: object) -> dict[str, object]:
-    """A ModelPool spec in wire form for the mini model, with fast test options."""
+def pool_spec(replicas: int, model: str = MODEL, **options: object) -> dict[str, object]:
+    """A ModelPool spec in wire form for ``model`` (MODEL or ZOO), with fast test options."""
     return {
-        "models": [{"name": MODEL, "uri": MINI_URI, "maxModelLen": MAX_MODEL_LEN}],
+        "models": [{"name": model, "uri": URIS[model], "maxModelLen": MAX_MODEL_LEN}],
         "replicas": replicas,
         "migration": {"enabled": False, "maxConcurrent": 2},
         "servingOptions": {"replicaNumCpus": 0.5, "controlIntervalS": 0.05, **options},
@@ -49,7 +58,13 @@ def pool_spec(replicas: int, **options: object) -> dict[str, object]:
 
 
 @pytest.fixture(scope="package")
-def serve_url() -> Iterator[str]:
+def zoo_model() -> Path:
+    """The zoo checkpoint the ZOO pools serve, trained once and cached."""
+    return ensure_model(ZOO_MODEL)
+
+
+@pytest.fixture(scope="package")
+def serve_url(zoo_model: Path) -> Iterator[str]:
     """Start Ray and Serve on 127.0.0.1; the base URL of Serve's HTTP proxy."""
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -77,39 +92,57 @@ def client(base_url: str) -> openai.OpenAI:
 
 
 def expected_tokens(
-    text: str, max_tokens: int, temperature: float = 0.0, seed: int = 0, **sampling: Any
+    text: str,
+    max_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+    model: str = MODEL,
+    **sampling: Any,
 ) -> list[int]:
-    """What the mini model generates for ``text`` alone in one in-process engine;
-    ``sampling`` holds further :class:`SamplingParams` fields (penalties, say)."""
+    """What ``model`` generates for the completion prompt ``text`` alone in one
+    in-process engine; ``sampling`` holds further :class:`SamplingParams` fields.
+
+    The zoo model runs past its EOS (as streams opened with ``ignore_eos`` do), so long
+    streams stay busy; the mini model stops at its EOS.
+    """
     torch.set_num_threads(1)
-    engine = TorchEngine(Decoder(resolve_model(MINI_URI, MAX_MODEL_LEN)), EngineConfig())
+    if model == ZOO:
+        directory = ensure_model(ZOO_MODEL)
+        engine = TorchEngine(load_decoder(directory, MAX_MODEL_LEN))
+        prompt, stops = HfTokenizer.from_dir(directory).encode_prompt(text), ()
+    else:
+        engine = TorchEngine(Decoder(resolve_model(MINI_URI, MAX_MODEL_LEN)), EngineConfig())
+        prompt, stops = ByteTokenizer().encode(text), (ByteTokenizer.EOS,)
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=temperature,
         seed=seed,
-        stop_token_ids=(ByteTokenizer.EOS,),
+        stop_token_ids=stops,
         **sampling,
     )
-    engine.add_request("r", ByteTokenizer().encode(text), params)
+    engine.add_request("r", prompt, params)
     return [event.token_id for event in engine.stream("r")]
 
 
-def status_of(name: str) -> dict[str, Any]:
+def status_of(name: str, model: str = MODEL) -> dict[str, Any]:
     """The pool's status for its only model."""
     models: dict[str, Any] = pool_status(name)["models"]
-    return dict(models[MODEL])
+    return dict(models[model])
 
 
-def open_stream(base_url: str, prompt: str, max_tokens: int, temperature: float = 0.0) -> Any:
-    """A streamed completion that reports each chunk's token ids, seeded with 0."""
+def open_stream(
+    base_url: str, prompt: str, max_tokens: int, temperature: float = 0.0, model: str = MODEL
+) -> Any:
+    """A streamed completion that reports each chunk's token ids, seeded with 0; the zoo
+    model ignores its EOS so the stream runs ``max_tokens`` long."""
     return client(base_url).completions.create(
-        model=MODEL,
+        model=model,
         prompt=prompt,
         max_tokens=max_tokens,
         temperature=temperature,
         seed=0,
         stream=True,
-        extra_body={"return_token_ids": True},
+        extra_body={"return_token_ids": True, "ignore_eos": model == ZOO},
     )
 
 

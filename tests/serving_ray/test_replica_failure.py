@@ -9,11 +9,12 @@ import pytest
 import ray
 from ray import serve
 
-from .conftest import expected_tokens, open_stream, read_tokens, status_of
+from .conftest import ZOO, expected_tokens, open_stream, pool_spec, read_tokens, status_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 TOKENS = 800
+SPEC = pool_spec(2, model=ZOO)
 """Long enough that the request is still decoding when the test acts on it."""
 
 PROMPT = "A replica dies; the stream goes on. " * 2
@@ -22,9 +23,9 @@ PROMPT = "A replica dies; the stream goes on. " * 2
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
 def test_killed_replica_stream_continues_identically(pool: str, temperature: float) -> None:
     name = pool.rsplit("/", 1)[-1]
-    expected = expected_tokens(PROMPT, TOKENS, temperature)
-    before = status_of(name)
-    chunks = iter(open_stream(pool, PROMPT, TOKENS, temperature))
+    expected = expected_tokens(PROMPT, TOKENS, temperature, model=ZOO)
+    before = status_of(name, ZOO)
+    chunks = iter(open_stream(pool, PROMPT, TOKENS, temperature, model=ZOO))
     first = next(chunks)
     head = first.choices[0].model_extra["token_ids"] + read_tokens(chunks, 40)
     victim = serve.get_app_handle(name).locate.remote(first.id).result()
@@ -41,7 +42,7 @@ def _wait_for_replicas(name: str, count: int) -> dict[str, Any]:
     """The pool's status once the dead replica has been replaced."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        status = status_of(name)
+        status = status_of(name, ZOO)
         if status["readyReplicas"] == count:
             return status
         time.sleep(0.2)

@@ -11,11 +11,11 @@ import ray
 
 from modelfleet.serving.app import deploy
 
-from .conftest import expected_tokens, open_stream, pool_spec, read_tokens, status_of
+from .conftest import ZOO, expected_tokens, open_stream, pool_spec, read_tokens, status_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-SPEC = pool_spec(3)
+SPEC = pool_spec(3, model=ZOO)
 STREAMS = 6
 PROMPTS = [f"Stream number {i} survives the scale-down. " for i in range(STREAMS)]
 
@@ -26,7 +26,7 @@ def test_scale_down_drains_without_losing_streams(pool: str) -> None:
     results: dict[int, list[int]] = {}
 
     def consume(i: int) -> None:
-        chunks = iter(open_stream(pool, PROMPTS[i], 500))
+        chunks = iter(open_stream(pool, PROMPTS[i], 500, model=ZOO))
         head = read_tokens(chunks, 10)
         started.wait()
         results[i] = head + read_tokens(chunks)
@@ -35,12 +35,12 @@ def test_scale_down_drains_without_losing_streams(pool: str) -> None:
     for thread in threads:
         thread.start()
     started.wait()
-    before = status_of(name)
+    before = status_of(name, ZOO)
     deploy({**SPEC, "replicas": 2}, name=name, route_prefix=f"/{name}")
     for thread in threads:
         thread.join(timeout=120)
     assert {i: results.get(i) for i in range(STREAMS)} == {
-        i: expected_tokens(PROMPTS[i], 500) for i in range(STREAMS)
+        i: expected_tokens(PROMPTS[i], 500, model=ZOO) for i in range(STREAMS)
     }
     after = _wait_until_drained(name)
     removed = set(before["replicas"]) - set(after["replicas"])
@@ -53,7 +53,7 @@ def test_scale_down_drains_without_losing_streams(pool: str) -> None:
 def _wait_until_drained(name: str) -> dict[str, Any]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        status = status_of(name)
+        status = status_of(name, ZOO)
         if not status["draining"]:
             return status
         time.sleep(0.2)
