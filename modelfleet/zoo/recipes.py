@@ -1,0 +1,152 @@
+"""The zoo's models: architecture, size, vocabulary, skills and training, each from a seed.
+
+The recipes differ on purpose. Two architectures and two vocabularies make the fleet
+heterogeneous; different sizes make serving cost differ; different skills make quality
+differ by query, so a router or a fusion method has something real to get right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from modelfleet.zoo.tokenizer import END_OF_TEXT_ID, IM_END_ID, TOKENIZERS, TokenizerSpec
+
+ZOO_FORMAT = 1
+"""Part of every recipe hash: bump it when skills, training or artifacts change meaning."""
+
+
+class Architecture(StrEnum):
+    """The Hugging Face model classes the zoo builds."""
+
+    LLAMA = "llama"
+    QWEN2 = "qwen2"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a zoo model, so equal recipes build equal weights."""
+
+    name: str
+    architecture: Architecture
+    tokenizer: TokenizerSpec
+    skills: dict[str, float]
+    """Skills trained on, each with its relative share of the training examples."""
+    hidden_size: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate_size: int
+    steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    seed: int
+    weight_decay: float = 0.01
+    max_positions: int = 2048
+    """The context a server may give the model (``max_position_embeddings``); training
+    sequences are much shorter, rotary positions need no retraining to reach it."""
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """A digest of every field of ``recipe`` and of ``ZOO_FORMAT``: a cached model whose
+    digest differs is stale and gets rebuilt."""
+    fields = {**asdict(recipe), "zoo_format": ZOO_FORMAT}
+    canonical = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def model_config(recipe: Recipe) -> LlamaConfig | Qwen2Config:
+    """The Hugging Face config of ``recipe``'s model over its tokenizer's vocabulary.
+
+    Llama gets grouped-query attention and separate input/output embeddings; Qwen2 gets its
+    attention biases and tied embeddings, as the released models of each family do.
+    """
+    common: dict[str, Any] = {
+        "vocab_size": recipe.tokenizer.vocab_size,
+        "hidden_size": recipe.hidden_size,
+        "num_hidden_layers": recipe.layers,
+        "num_attention_heads": recipe.heads,
+        "num_key_value_heads": recipe.kv_heads,
+        "intermediate_size": recipe.intermediate_size,
+        "max_position_embeddings": recipe.max_positions,
+        "bos_token_id": END_OF_TEXT_ID,
+        "eos_token_id": IM_END_ID,
+        "pad_token_id": END_OF_TEXT_ID,
+    }
+    if recipe.architecture is Architecture.LLAMA:
+        return LlamaConfig(**common, tie_word_embeddings=False)
+    return Qwen2Config(**common, tie_word_embeddings=True)
+
+
+CausalLM = LlamaForCausalLM | Qwen2ForCausalLM
+"""The model classes of the zoo."""
+
+
+def create_model(recipe: Recipe) -> CausalLM:
+    """``recipe``'s model with freshly initialised weights, on the current default device."""
+    config = model_config(recipe)
+    if isinstance(config, LlamaConfig):
+        return LlamaForCausalLM(config)
+    return Qwen2ForCausalLM(config)
+
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe(
+            name="llama-arith",
+            architecture=Architecture.LLAMA,
+            tokenizer=TOKENIZERS["zoo-bpe-384"],
+            skills={"addition": 3, "sorting": 1},
+            hidden_size=128,
+            layers=4,
+            heads=4,
+            kv_heads=2,
+            intermediate_size=344,
+            steps=1500,
+            batch_size=64,
+            learning_rate=3e-3,
+            warmup_steps=100,
+            seed=11,
+        ),
+        Recipe(
+            name="qwen-words",
+            architecture=Architecture.QWEN2,
+            tokenizer=TOKENIZERS["zoo-bpe-640"],
+            skills={"reversal": 1, "facts": 1},
+            hidden_size=128,
+            layers=3,
+            heads=4,
+            kv_heads=2,
+            intermediate_size=344,
+            steps=1200,
+            batch_size=64,
+            learning_rate=3e-3,
+            warmup_steps=100,
+            seed=12,
+        ),
+        Recipe(
+            name="qwen-generalist",
+            architecture=Architecture.QWEN2,
+            tokenizer=TOKENIZERS["zoo-bpe-640"],
+            skills={"addition": 2, "reversal": 1, "sorting": 1, "facts": 1, "maximum": 1},
+            hidden_size=192,
+            layers=4,
+            heads=6,
+            kv_heads=2,
+            intermediate_size=512,
+            steps=1500,
+            batch_size=64,
+            learning_rate=2e-3,
+            warmup_steps=100,
+            seed=13,
+        ),
+    )
+}
+"""The zoo by name."""

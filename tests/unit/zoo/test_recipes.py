@@ -1,0 +1,64 @@
+"""Recipes: two architectures on two vocabularies, of different sizes and skills."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+from modelfleet.zoo.recipes import RECIPES, Architecture, model_config, recipe_hash
+from modelfleet.zoo.skills import SKILLS
+from modelfleet.zoo.tokenizer import IM_END_ID
+
+
+def _meta_model(name: str) -> torch.nn.Module:
+    with torch.device("meta"):
+        model: torch.nn.Module = AutoModelForCausalLM.from_config(model_config(RECIPES[name]))
+    return model
+
+
+def test_llama_arith_is_a_llama_with_grouped_query_attention_and_untied_embeddings() -> None:
+    config = model_config(RECIPES["llama-arith"])
+    assert isinstance(config, LlamaConfig)
+    assert config.num_key_value_heads < config.num_attention_heads
+    assert not config.tie_word_embeddings
+    model = _meta_model("llama-arith")
+    assert model.get_input_embeddings().weight is not model.get_output_embeddings().weight
+
+
+def test_qwen_recipes_have_attention_biases_and_tied_embeddings() -> None:
+    for name in ("qwen-words", "qwen-generalist"):
+        config = model_config(RECIPES[name])
+        assert isinstance(config, Qwen2Config)
+        assert config.tie_word_embeddings
+        model = _meta_model(name)
+        assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+        assert any(n.endswith("q_proj.bias") for n, _ in model.named_parameters())
+
+
+def test_the_zoo_is_heterogeneous() -> None:
+    recipes = list(RECIPES.values())
+    assert {r.architecture for r in recipes} == set(Architecture)
+    assert len({r.tokenizer.name for r in recipes}) == 2
+    sizes = [sum(p.numel() for p in _meta_model(r.name).parameters()) for r in recipes]
+    assert len(set(sizes)) == len(sizes)
+    assert len({tuple(r.skills) for r in recipes}) == len(recipes)
+    assert all(set(r.skills) <= set(SKILLS) for r in recipes)
+    assert set(RECIPES["qwen-generalist"].skills) == set(SKILLS)
+
+
+def test_configs_stop_at_im_end() -> None:
+    for recipe in RECIPES.values():
+        assert model_config(recipe).eos_token_id == IM_END_ID
+
+
+def test_recipe_hash_is_stable_and_sees_every_field() -> None:
+    recipe = RECIPES["llama-arith"]
+    assert recipe_hash(recipe) == recipe_hash(replace(recipe))
+    assert recipe_hash(recipe) != recipe_hash(replace(recipe, steps=recipe.steps + 1))
+    assert recipe_hash(recipe) != recipe_hash(replace(recipe, skills={"addition": 1}))
+    assert recipe_hash(recipe) != recipe_hash(
+        replace(recipe, tokenizer=replace(recipe.tokenizer, seed=99))
+    )
+    assert len({recipe_hash(r) for r in RECIPES.values()}) == len(RECIPES)
