@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from modelfleet.zoo.cache import ensure_model
 
 from modelfleet.devcluster import LocalCluster, find_binaries
 from modelfleet.devcluster.cluster import free_port
+from modelfleet.zoo.cache import ensure_model
 from modelfleet.zoo.skills import SKILLS, Split
 
 ROOT = Path(__file__).resolve().parent.parent
