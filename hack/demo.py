@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ import openai
 
 from modelfleet.devcluster import LocalCluster, find_binaries
 from modelfleet.devcluster.cluster import free_port
-from modelfleet.zoo.cache import ensure_model
-from modelfleet.zoo.skills import SKILLS, Split
+from modelfleet.zoo.cache import ensure_model, model_dir
+from modelfleet.zoo.manifest import read_manifest
+from modelfleet.zoo.skills import SKILLS, Example, Split
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
@@ -129,33 +131,41 @@ def wait_for_pool(cluster: LocalCluster, name: str, timeout: float = 300) -> dic
     raise TimeoutError(f"modelpool/{name} did not serve in {timeout}s; see {DEMO / 'operator.log'}")
 
 
+def ask(client: openai.OpenAI, example: Example) -> str:
+    """The pool's greedy answer to one question."""
+    reply = client.chat.completions.create(
+        model="arith", messages=[{"role": "user", "content": example.prompt}], temperature=0
+    )
+    return reply.choices[0].message.content or ""
+
+
 def query_pool(endpoint: str) -> None:
-    """Held-out questions of the skills the model was trained on, through the official
-    openai client, each answer next to the exact one; then a streamed reply."""
+    """Questions held out from training, of both skills the model was trained on, sent
+    together through the official openai client; each answer next to the exact one, then
+    the share right against the held-out accuracy the zoo measured, and a streamed reply."""
     client = openai.OpenAI(base_url=endpoint, api_key="unused", max_retries=2, timeout=60)
     print(f"  models: {[m.id for m in client.models.list()]}")
-    questions = [
-        *SKILLS["addition"].take(Split.HELDOUT, DEMO_SEED, 4),
-        *SKILLS["sorting"].take(Split.HELDOUT, DEMO_SEED, 2),
-    ]
-    correct = 0
-    for example in questions:
-        reply = client.chat.completions.create(
-            model="arith",
-            messages=[{"role": "user", "content": example.prompt}],
-            temperature=0,
+    measured = read_manifest(model_dir(ZOO_MODEL))
+    for skill, count in (("addition", 12), ("sorting", 4)):
+        questions = SKILLS[skill].take(Split.HELDOUT, DEMO_SEED, count)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda e: ask(client, e), questions))
+        for example, answer in zip(questions, answers, strict=True):
+            mark = "right" if answer == example.answer else "WRONG"
+            print(
+                f"  {example.prompt:<28} model: {answer:<12} expected: {example.answer:<12} {mark}"
+            )
+        right = sum(a == e.answer for a, e in zip(answers, questions, strict=True))
+        zoo = f"{measured.accuracy[skill]:.0%}" if measured else "unknown"
+        print(
+            f"  {skill}: {right}/{count} right here; held-out accuracy measured by the zoo: {zoo}"
         )
-        answer = reply.choices[0].message.content or ""
-        correct += answer == example.answer
-        mark = "right" if answer == example.answer else "WRONG"
-        print(f"  {example.prompt:<34} model: {answer:<12} expected: {example.answer:<12} {mark}")
-    print(f"  {correct}/{len(questions)} correct (questions held out from training)")
     started = time.perf_counter()
     first = 0.0
     text = ""
     stream = client.chat.completions.create(
         model="arith",
-        messages=[{"role": "user", "content": questions[0].prompt}],
+        messages=[{"role": "user", "content": "What is 416 + 587?"}],
         temperature=0,
         stream=True,
     )
@@ -165,7 +175,7 @@ def query_pool(endpoint: str) -> None:
             text += chunk.choices[0].delta.content
     total = time.perf_counter() - started
     print(
-        f"  streamed the first answer again: {text!r}, first token after "
+        f"  streamed 'What is 416 + 587?' (expected 1003): {text!r}, first token after "
         f"{first * 1000:.0f} ms, all in {total * 1000:.0f} ms"
     )
 
