@@ -19,7 +19,6 @@ import openai
 import pytest
 import ray
 import torch
-from modelfleet.zoo.cache import ensure_model
 from ray import serve
 
 from modelfleet.serving.app import deploy, pool_status
@@ -30,6 +29,7 @@ from modelfleet.serving.model import Decoder
 from modelfleet.serving.model_tokenizer import HfTokenizer
 from modelfleet.serving.tokenizer import ByteTokenizer
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
+from modelfleet.zoo.cache import ensure_model
 
 MODEL = "mini"
 MINI_URI = "builtin://tiny-llama-mini"
