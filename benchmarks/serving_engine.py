@@ -216,7 +216,8 @@ def migrate(model: Decoder, config: EngineConfig, length: int, staged: bool) -> 
     """
     source, target = TorchEngine(model, config), TorchEngine(model, config)
     source.add_request("m", prompt(length - 1, 0), SamplingParams(max_tokens=16))
-    source.step()
+    while not source.step():
+        pass
     staged_until = 0
     precopy = 0.0
     if staged:

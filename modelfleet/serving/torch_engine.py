@@ -165,12 +165,14 @@ class TorchEngine:
         """Stop the request and return its state with the KV blocks from ``from_block`` on.
 
         Only the blocks not staged by ``export_kv_blocks`` are copied here, which is what
-        keeps migration downtime independent of the sequence length.
+        keeps migration downtime independent of the sequence length. A request still
+        prefilling its prompt (chunked prefill) is exported without KV: the target
+        prefills it again, as after a preemption.
         """
         request = self._get(request_id)
         check_from_block(from_block)
         kv = None
-        if request.num_cached:
+        if request.num_cached and request.pending == 1:
             end = self._blocks_for(request.num_cached)
             if from_block > end:
                 raise ValueError(f"from_block {from_block} is past the request's {end} blocks")
@@ -182,7 +184,7 @@ class TorchEngine:
             output_token_ids=tuple(request.output),
             params=request.params,
             priority=request.priority,
-            num_cached_tokens=request.num_cached,
+            num_cached_tokens=request.num_cached if kv is not None else 0,
             kv=kv,
         )
 

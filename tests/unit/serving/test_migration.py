@@ -170,3 +170,19 @@ def test_import_rejects_chunks_with_a_gap(make_engine: EngineFactory) -> None:
     with pytest.raises(ValueError, match="num_cached_tokens"):
         target.import_request(replace(state, num_cached_tokens=3), [second])
     assert target.load().blocks_used == 0
+
+
+def test_a_request_exported_mid_prefill_is_prefilled_again_and_continues(
+    make_engine: EngineFactory,
+) -> None:
+    params = SamplingParams(max_tokens=12)
+    tokens = prompt(100, 3)
+    expected = run_alone(make_engine(), "r", tokens, params)
+    source, target = make_engine(prefill_chunk_size=16), make_engine(prefill_chunk_size=16)
+    source.add_request("r", tokens, params)
+    assert source.step() == [] and source.step() == []
+    state = source.export_request("r")
+    assert state.kv is None and state.num_cached_tokens == 0 and not state.output_token_ids
+    target.import_request(state)
+    assert [event.token_id for event in target.stream("r")] == expected
+    assert source.load().blocks_used == 0
