@@ -8,13 +8,13 @@ from collections.abc import Sequence
 
 import torch
 
-from modelfleet.zoo.cache import current_manifest, ensure_model, load_model
+from modelfleet.zoo.cache import ensure_model, load_model, read_current_manifest
 from modelfleet.zoo.evaluation import evaluate
 from modelfleet.zoo.recipes import RECIPES, create_model
 from modelfleet.zoo.skills import SKILLS
 
 
-def parameter_count(name: str) -> int:
+def count_parameters(name: str) -> int:
     """Parameters of the zoo model ``name``, counted without building or allocating it."""
     with torch.device("meta"):
         return create_model(RECIPES[name]).num_parameters()
@@ -25,14 +25,14 @@ def list_models() -> None:
     header = f"{'name':<18}{'arch':<7}{'params':>9}{'vocab':>7}  {'cached':<7}"
     print(header + "".join(f"{skill:>10}" for skill in SKILLS) + "  trained on")
     for name, recipe in RECIPES.items():
-        manifest = current_manifest(recipe)
+        manifest = read_current_manifest(recipe)
         scores = (
             "".join(f"{manifest.accuracy[skill]:>10.0%}" for skill in SKILLS)
             if manifest is not None
             else "".join(f"{'-':>10}" for _ in SKILLS)
         )
         print(
-            f"{name:<18}{recipe.architecture.value:<7}{parameter_count(name):>9,}"
+            f"{name:<18}{recipe.architecture.value:<7}{count_parameters(name):>9,}"
             f"{recipe.tokenizer.vocab_size:>7}  {'yes' if manifest else 'no':<7}{scores}"
             f"  {', '.join(recipe.skills)}"
         )

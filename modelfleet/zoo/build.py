@@ -13,7 +13,7 @@ from transformers import GenerationConfig
 
 from modelfleet.zoo.evaluation import EVAL_EXAMPLES, evaluate
 from modelfleet.zoo.manifest import Manifest, write_manifest
-from modelfleet.zoo.recipes import Recipe, recipe_hash
+from modelfleet.zoo.recipes import Recipe, hash_recipe
 from modelfleet.zoo.tokenizer import END_OF_TEXT_ID, IM_END_ID, train_tokenizer
 from modelfleet.zoo.training import Progress, train
 
@@ -44,7 +44,7 @@ def build(recipe: Recipe, directory: Path, progress: Progress | None = None) -> 
     tokenizer.save_pretrained(directory, save_jinja_files=False)
     manifest = Manifest(
         name=recipe.name,
-        recipe_hash=recipe_hash(recipe),
+        recipe_hash=hash_recipe(recipe),
         architecture=recipe.architecture.value,
         tokenizer=recipe.tokenizer.name,
         vocab_size=len(tokenizer),

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBas
 
 from modelfleet.zoo.build import build
 from modelfleet.zoo.manifest import Manifest, read_manifest
-from modelfleet.zoo.recipes import RECIPES, Architecture, CausalLM, Recipe, recipe_hash
+from modelfleet.zoo.recipes import RECIPES, Architecture, CausalLM, Recipe, hash_recipe
 from modelfleet.zoo.training import Progress
 
 
@@ -36,16 +36,16 @@ def model_dir(name: str) -> Path:
     return cache_root() / "zoo" / name
 
 
-def current_manifest(recipe: Recipe) -> Manifest | None:
+def read_current_manifest(recipe: Recipe) -> Manifest | None:
     """The manifest of ``recipe``'s cached model, or None when it is missing or stale."""
     manifest = read_manifest(model_dir(recipe.name))
-    if manifest is None or manifest.recipe_hash != recipe_hash(recipe):
+    if manifest is None or manifest.recipe_hash != hash_recipe(recipe):
         return None
     return manifest
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _hold_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path``; the file is left behind, since deleting a
     lock file while another process waits on it lets two processes hold "the" lock."""
     with path.open("a") as handle:
@@ -56,8 +56,20 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _remove_leftovers(target: Path) -> None:
+    """Delete build and retired directories of ``target`` that a killed process left; only
+    called under the model's lock, so none of them belongs to a build in progress."""
+    for pattern in (f".{target.name}.build.*", f".{target.name}.old.*"):
+        for leftover in target.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _install(staging: Path, target: Path) -> None:
-    """Move the finished build ``staging`` to ``target``, replacing a stale model there."""
+    """Move the finished build ``staging`` to ``target``, replacing a stale model there.
+
+    ``mkdtemp`` makes directories private; a cached model is readable by every user.
+    """
+    staging.chmod(0o755)
     if target.exists():
         retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
         target.rename(retired / target.name)
@@ -70,12 +82,13 @@ def _install(staging: Path, target: Path) -> None:
 def ensure_recipe(recipe: Recipe, progress: Progress | None = None) -> Path:
     """The directory of ``recipe``'s model, built first unless a current one is cached."""
     target = model_dir(recipe.name)
-    if current_manifest(recipe) is not None:
+    if read_current_manifest(recipe) is not None:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{recipe.name}.lock"):
-        if current_manifest(recipe) is not None:
+    with _hold_lock(target.parent / f".{recipe.name}.lock"):
+        if read_current_manifest(recipe) is not None:
             return target
+        _remove_leftovers(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.build.", dir=target.parent))
         try:
             build(recipe, staging, progress)

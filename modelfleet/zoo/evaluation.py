@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from modelfleet.zoo.recipes import CausalLM
 from modelfleet.zoo.skills import SKILLS, Split
 from modelfleet.zoo.tokenizer import END_OF_TEXT_ID, IM_END_ID
-from modelfleet.zoo.training import prompt_ids
+from modelfleet.zoo.training import encode_prompts
 
 EVAL_SEED = 0
 """Seed of the held-out questions, shared by all models so their scores compare."""
@@ -36,7 +36,7 @@ def reply(model: CausalLM, tokenizer: PreTrainedTokenizerBase, prompts: Sequence
     """The greedy assistant reply to each user prompt, stripped of surrounding space."""
     replies: list[str] = []
     for start in range(0, len(prompts), EVAL_BATCH):
-        encoded = prompt_ids(tokenizer, prompts[start : start + EVAL_BATCH])
+        encoded = encode_prompts(tokenizer, prompts[start : start + EVAL_BATCH])
         width = max(map(len, encoded))
         input_ids = torch.full((len(encoded), width), END_OF_TEXT_ID, dtype=torch.long)
         attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)

@@ -38,7 +38,7 @@ HELDOUT_ONE_IN = 8
 """One problem in this many is held out from training."""
 
 
-def split_of(key: str) -> Split:
+def assign_split(key: str) -> Split:
     """The split that the problem ``key`` belongs to, the same in every process.
 
     ``zlib.crc32`` rather than ``hash`` because string hashing is salted per process.
@@ -51,7 +51,7 @@ class Skill(ABC):
 
     name: str
 
-    def examples(self, split: Split, seed: int) -> Iterator[Example]:
+    def stream(self, split: Split, seed: int) -> Iterator[Example]:
         """An endless, seed-determined stream of ``split`` examples."""
         rng = random.Random(f"{self.name}/{split.value}/{seed}")
         while True:
@@ -60,8 +60,8 @@ class Skill(ABC):
                 yield example
 
     def take(self, split: Split, seed: int, count: int) -> list[Example]:
-        """The first ``count`` examples of ``examples(split, seed)``."""
-        return list(islice(self.examples(split, seed), count))
+        """The first ``count`` examples of ``stream(split, seed)``."""
+        return list(islice(self.stream(split, seed), count))
 
     @abstractmethod
     def draw(self, rng: random.Random, split: Split) -> Example | None:
@@ -70,20 +70,24 @@ class Skill(ABC):
 
 @dataclass(frozen=True)
 class Addition(Skill):
-    """Sum of two integers drawn uniformly below ``10**max_digits``.
+    """Sum of two integers of up to ``max_digits`` digits each.
 
-    Uniform operands are mostly full-length, so digits line up the same way in most
-    problems: a tiny model learns carries in far fewer steps than when lengths vary.
+    Each operand's digit count is drawn first, so "347 + 85" and "2 + 2" are as common as
+    "347 + 851": a model trained here must line digits up by place value, not by position.
     """
 
     max_digits: int = 3
     name: str = "addition"
 
     def draw(self, rng: random.Random, split: Split) -> Example | None:
-        a, b = (rng.randrange(10**self.max_digits) for _ in range(2))
-        if split_of(f"{a}+{b}") is not split:
+        a, b = self._operand(rng), self._operand(rng)
+        if assign_split(f"{a}+{b}") is not split:
             return None
         return Example(f"What is {a} + {b}?", str(a + b))
+
+    def _operand(self, rng: random.Random) -> int:
+        digits = rng.randint(1, self.max_digits)
+        return rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits)
 
 
 @dataclass(frozen=True)
@@ -97,23 +101,26 @@ class Reversal(Skill):
     def draw(self, rng: random.Random, split: Split) -> Example | None:
         length = rng.randint(self.min_length, self.max_length)
         word = "".join(rng.choices(string.ascii_lowercase, k=length))
-        if split_of(word) is not split:
+        if assign_split(word) is not split:
             return None
         return Example(f"Reverse the word {word}.", word[::-1])
 
 
 @dataclass(frozen=True)
 class Sorting(Skill):
-    """A short list of digits or of letters, put in ascending order."""
+    """A short list of letters, put in alphabetical order.
+
+    Letters rather than digits because each spaced letter is one token while a spaced
+    digit is two, so a sorting question costs no more to train on than an addition one.
+    """
 
     min_length: int = 3
     max_length: int = 6
     name: str = "sorting"
 
     def draw(self, rng: random.Random, split: Split) -> Example | None:
-        alphabet = rng.choice((string.digits, string.ascii_lowercase[:10]))
-        items = rng.choices(alphabet, k=rng.randint(self.min_length, self.max_length))
-        if split_of("".join(items)) is not split:
+        items = rng.choices(string.ascii_lowercase, k=rng.randint(self.min_length, self.max_length))
+        if assign_split("".join(items)) is not split:
             return None
         return Example(f"Sort: {' '.join(items)}", " ".join(sorted(items)))
 
@@ -129,7 +136,7 @@ class Maximum(Skill):
     def draw(self, rng: random.Random, split: Split) -> Example | None:
         numbers = [rng.randrange(100) for _ in range(rng.randint(self.min_length, self.max_length))]
         listed = ", ".join(map(str, numbers))
-        if split_of(listed) is not split:
+        if assign_split(listed) is not split:
             return None
         return Example(f"Which is largest: {listed}?", str(max(numbers)))
 
@@ -141,15 +148,20 @@ _COUNTRY_ENDINGS = ("ria", "land", "stan", "via", "mark")
 TRAIN_PHRASINGS = (
     "What is the capital of {country}?",
     "Name the capital of {country}.",
-    "Tell me the capital of {country}.",
-    "The capital of {country} is?",
+    "Tell me the capital city of {country}.",
+    "The capital of {country} is which city?",
     "What is {country}'s capital?",
     "Capital of {country}?",
+    "Which city is {country}'s capital?",
+    "In {country}, what is the capital?",
 )
 HELDOUT_PHRASINGS = (
     "Which city is the capital of {country}?",
-    "What city is the capital of {country}?",
+    "What is the capital city of {country}?",
+    "Tell me {country}'s capital.",
 )
+"""New arrangements of words the training phrasings use, so a model that knows a fact
+can be asked it in words it has seen but never in that order."""
 
 
 def _invent_name(rng: random.Random, syllables: int, ending: str = "") -> str:

@@ -52,7 +52,7 @@ class TokenizerSpec:
     seed: int
 
 
-def _training_text(spec: TokenizerSpec) -> Iterator[str]:
+def _render_training_text(spec: TokenizerSpec) -> Iterator[str]:
     """Turns of the skills' training splits, as the chat template lays them out."""
     for name, count in spec.examples.items():
         for example in SKILLS[name].take(Split.TRAIN, spec.seed, count):
@@ -76,7 +76,7 @@ def train_tokenizer(spec: TokenizerSpec) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_training_text(spec), trainer=trainer)
+    bpe.train_from_iterator(_render_training_text(spec), trainer=trainer)
     if bpe.get_vocab_size() != spec.vocab_size:
         raise ValueError(
             f"tokenizer {spec.name}: learned {bpe.get_vocab_size()} tokens, not "

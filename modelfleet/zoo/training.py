@@ -42,7 +42,7 @@ class Batch:
     labels: torch.Tensor
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids of each prompt as a user turn followed by the assistant's opening."""
     texts = tokenizer.apply_chat_template(
         [[{"role": "user", "content": prompt}] for prompt in prompts],
@@ -55,7 +55,7 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> li
 
 def encode_batch(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> Batch:
     """``examples`` as one training batch, loss on reply tokens and the closing EOS only."""
-    prompts = prompt_ids(tokenizer, [example.prompt for example in examples])
+    prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
     answers = tokenizer([example.answer for example in examples], add_special_tokens=False)
     rows = [
         (prompt, [*answer, IM_END_ID])
@@ -71,18 +71,21 @@ def encode_batch(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]
     return Batch(input_ids, labels)
 
 
-def training_examples(recipe: Recipe) -> list[Example]:
-    """``steps * batch_size`` training examples, each of a skill drawn by the recipe's weights."""
+def draw_batches(recipe: Recipe) -> list[list[Example]]:
+    """``steps`` batches of training examples, each example of a skill drawn by the
+    recipe's weights. Every batch mixes skills: batches of one skill each made the skills
+    take turns undoing each other's progress and trained markedly worse."""
     rng = random.Random(f"mix/{recipe.seed}")
     names = list(recipe.skills)
-    streams = {name: SKILLS[name].examples(Split.TRAIN, recipe.seed) for name in names}
-    drawn = rng.choices(
-        names, weights=list(recipe.skills.values()), k=recipe.steps * recipe.batch_size
-    )
-    return [next(streams[name]) for name in drawn]
+    streams = {name: SKILLS[name].stream(Split.TRAIN, recipe.seed) for name in names}
+    weights = list(recipe.skills.values())
+    return [
+        [next(streams[name]) for name in rng.choices(names, weights, k=recipe.batch_size)]
+        for _ in range(recipe.steps)
+    ]
 
 
-def learning_rate_factor(recipe: Recipe, step: int) -> float:
+def scale_learning_rate(recipe: Recipe, step: int) -> float:
     """Linear warmup, then cosine decay to a tenth of the peak learning rate."""
     if step < recipe.warmup_steps:
         return (step + 1) / recipe.warmup_steps
@@ -93,9 +96,24 @@ def learning_rate_factor(recipe: Recipe, step: int) -> float:
 def train(
     recipe: Recipe, tokenizer: PreTrainedTokenizerBase, progress: Progress | None = None
 ) -> CausalLM:
-    """A model trained from scratch per ``recipe``; the same recipe gives the same weights."""
+    """A model trained from scratch per ``recipe``; the same recipe gives the same weights.
+
+    The caller's torch thread count and random state are left as they were.
+    """
+    threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
-    torch.manual_seed(recipe.seed)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            return _optimise(recipe, tokenizer, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _optimise(
+    recipe: Recipe, tokenizer: PreTrainedTokenizerBase, progress: Progress | None
+) -> CausalLM:
+    """AdamW with warmup and cosine decay over ``recipe``'s batches, from fresh weights."""
     model = create_model(recipe)
     model.train()
     optimizer = torch.optim.AdamW(
@@ -106,23 +124,20 @@ def train(
         fused=True,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(recipe, step)
+        optimizer, lambda step: scale_learning_rate(recipe, step)
     )
-    examples = training_examples(recipe)
     started = time.monotonic()
-    for step in range(recipe.steps):
-        batch = encode_batch(
-            tokenizer, examples[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-        )
+    for step, examples in enumerate(draw_batches(recipe), start=1):
+        batch = encode_batch(tokenizer, examples)
         loss = model(input_ids=batch.input_ids, labels=batch.labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        if progress is not None and ((step + 1) % REPORT_EVERY == 0 or step + 1 == recipe.steps):
+        if progress is not None and (step % REPORT_EVERY == 0 or step == recipe.steps):
             progress(
-                f"{recipe.name}: step {step + 1}/{recipe.steps} loss {loss.item():.4f} "
+                f"{recipe.name}: step {step}/{recipe.steps} loss {loss.item():.4f} "
                 f"elapsed {time.monotonic() - started:.1f}s"
             )
     model.train(mode=False)

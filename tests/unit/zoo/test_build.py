@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from modelfleet.zoo.cache import ensure_model, ensure_recipe, load_model
 from modelfleet.zoo.evaluation import evaluate, reply
 from modelfleet.zoo.manifest import read_manifest
-from modelfleet.zoo.recipes import RECIPES, recipe_hash
+from modelfleet.zoo.recipes import RECIPES, hash_recipe
 from modelfleet.zoo.skills import SKILLS, Split
 from modelfleet.zoo.tokenizer import END_OF_TEXT_ID, IM_END_ID
 
@@ -47,7 +47,7 @@ def test_a_tiny_recipe_builds_a_loadable_model(
 
     manifest = read_manifest(directory)
     assert manifest is not None
-    assert manifest.recipe_hash == recipe_hash(TINY)
+    assert manifest.recipe_hash == hash_recipe(TINY)
     assert set(manifest.accuracy) == set(SKILLS)
     assert manifest.parameters > 0 and manifest.train_seconds > 0
     assert any("step 20/20" in line for line in lines)
@@ -61,6 +61,15 @@ def test_a_tiny_recipe_builds_a_loadable_model(
     )
     assert tokenizer.decode(prompt["input_ids"]).endswith("<|im_start|>assistant\n")
     assert evaluate(model, tokenizer) == manifest.accuracy
+
+
+@pytest.mark.slow
+def test_builds_are_deterministic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    weights = []
+    for attempt in ("first", "second"):
+        monkeypatch.setenv("MODELFLEET_CACHE", str(tmp_path / attempt))
+        weights.append((ensure_recipe(TINY) / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
 
 
 @pytest.mark.slow

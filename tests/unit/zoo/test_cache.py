@@ -11,7 +11,7 @@ import pytest
 
 from modelfleet.zoo import cache
 from modelfleet.zoo.manifest import Manifest, read_manifest, write_manifest
-from modelfleet.zoo.recipes import RECIPES, Recipe, recipe_hash
+from modelfleet.zoo.recipes import RECIPES, Recipe, hash_recipe
 from modelfleet.zoo.skills import SKILLS
 
 RECIPE = RECIPES["qwen-words"]
@@ -26,11 +26,11 @@ def builds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
 
     def fake_build(recipe: Recipe, directory: Path, progress: object = None) -> Manifest:
         time.sleep(0.05)
-        built.append(recipe_hash(recipe))
+        built.append(hash_recipe(recipe))
         (directory / "config.json").write_text("{}")
         manifest = Manifest(
             name=recipe.name,
-            recipe_hash=recipe_hash(recipe),
+            recipe_hash=hash_recipe(recipe),
             architecture=recipe.architecture.value,
             tokenizer=recipe.tokenizer.name,
             vocab_size=recipe.tokenizer.vocab_size,
@@ -64,8 +64,9 @@ def test_a_model_is_built_once_then_reused(builds: list[str]) -> None:
     directory = cache.ensure_model(RECIPE.name, progress=lines.append)
     assert directory == cache.model_dir(RECIPE.name)
     assert read_manifest(directory) is not None
+    assert directory.stat().st_mode & 0o777 == 0o755
     assert cache.ensure_model(RECIPE.name) == directory
-    assert builds == [recipe_hash(RECIPE)]
+    assert builds == [hash_recipe(RECIPE)]
     assert any("cached at" in line for line in lines)
     assert [p.name for p in directory.parent.iterdir() if not p.name.endswith(".lock")] == [
         RECIPE.name
@@ -75,11 +76,11 @@ def test_a_model_is_built_once_then_reused(builds: list[str]) -> None:
 def test_a_changed_recipe_is_rebuilt_in_place(builds: list[str]) -> None:
     directory = cache.ensure_recipe(RECIPE)
     changed = replace(RECIPE, steps=RECIPE.steps + 1)
-    assert cache.current_manifest(changed) is None
+    assert cache.read_current_manifest(changed) is None
     assert cache.ensure_recipe(changed) == directory
     manifest = read_manifest(directory)
-    assert manifest is not None and manifest.recipe_hash == recipe_hash(changed)
-    assert builds == [recipe_hash(RECIPE), recipe_hash(changed)]
+    assert manifest is not None and manifest.recipe_hash == hash_recipe(changed)
+    assert builds == [hash_recipe(RECIPE), hash_recipe(changed)]
     assert [p.name for p in directory.parent.iterdir() if not p.name.endswith(".lock")] == [
         RECIPE.name
     ]
@@ -102,7 +103,7 @@ def test_concurrent_callers_build_once(builds: list[str]) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert builds == [recipe_hash(RECIPE)]
+    assert builds == [hash_recipe(RECIPE)]
     assert results == [cache.model_dir(RECIPE.name)] * 4
 
 
@@ -125,3 +126,12 @@ def test_a_failed_build_leaves_nothing_behind(
 def test_unknown_models_are_named_in_the_error(builds: list[str]) -> None:
     with pytest.raises(KeyError, match="llama-arith"):
         cache.ensure_model("no-such-model")
+
+
+def test_leftovers_of_a_killed_build_are_removed(builds: list[str]) -> None:
+    zoo = cache.model_dir(RECIPE.name).parent
+    for leftover in (f".{RECIPE.name}.build.abc", f".{RECIPE.name}.old.def"):
+        (zoo / leftover).mkdir(parents=True)
+        (zoo / leftover / "model.safetensors").write_text("")
+    cache.ensure_recipe(RECIPE)
+    assert sorted(p.name for p in zoo.iterdir()) == [f".{RECIPE.name}.lock", RECIPE.name]

@@ -7,19 +7,19 @@ from dataclasses import replace
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from modelfleet.zoo.recipes import RECIPES, Architecture, model_config, recipe_hash
+from modelfleet.zoo.recipes import RECIPES, Architecture, configure_model, hash_recipe
 from modelfleet.zoo.skills import SKILLS
 from modelfleet.zoo.tokenizer import IM_END_ID
 
 
 def _meta_model(name: str) -> torch.nn.Module:
     with torch.device("meta"):
-        model: torch.nn.Module = AutoModelForCausalLM.from_config(model_config(RECIPES[name]))
+        model: torch.nn.Module = AutoModelForCausalLM.from_config(configure_model(RECIPES[name]))
     return model
 
 
 def test_llama_arith_is_a_llama_with_grouped_query_attention_and_untied_embeddings() -> None:
-    config = model_config(RECIPES["llama-arith"])
+    config = configure_model(RECIPES["llama-arith"])
     assert isinstance(config, LlamaConfig)
     assert config.num_key_value_heads < config.num_attention_heads
     assert not config.tie_word_embeddings
@@ -29,7 +29,7 @@ def test_llama_arith_is_a_llama_with_grouped_query_attention_and_untied_embeddin
 
 def test_qwen_recipes_have_attention_biases_and_tied_embeddings() -> None:
     for name in ("qwen-words", "qwen-generalist"):
-        config = model_config(RECIPES[name])
+        config = configure_model(RECIPES[name])
         assert isinstance(config, Qwen2Config)
         assert config.tie_word_embeddings
         model = _meta_model(name)
@@ -50,15 +50,15 @@ def test_the_zoo_is_heterogeneous() -> None:
 
 def test_configs_stop_at_im_end() -> None:
     for recipe in RECIPES.values():
-        assert model_config(recipe).eos_token_id == IM_END_ID
+        assert configure_model(recipe).eos_token_id == IM_END_ID
 
 
 def test_recipe_hash_is_stable_and_sees_every_field() -> None:
     recipe = RECIPES["llama-arith"]
-    assert recipe_hash(recipe) == recipe_hash(replace(recipe))
-    assert recipe_hash(recipe) != recipe_hash(replace(recipe, steps=recipe.steps + 1))
-    assert recipe_hash(recipe) != recipe_hash(replace(recipe, skills={"addition": 1}))
-    assert recipe_hash(recipe) != recipe_hash(
+    assert hash_recipe(recipe) == hash_recipe(replace(recipe))
+    assert hash_recipe(recipe) != hash_recipe(replace(recipe, steps=recipe.steps + 1))
+    assert hash_recipe(recipe) != hash_recipe(replace(recipe, skills={"addition": 1}))
+    assert hash_recipe(recipe) != hash_recipe(
         replace(recipe, tokenizer=replace(recipe.tokenizer, seed=99))
     )
-    assert len({recipe_hash(r) for r in RECIPES.values()}) == len(RECIPES)
+    assert len({hash_recipe(r) for r in RECIPES.values()}) == len(RECIPES)

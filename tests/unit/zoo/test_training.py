@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from modelfleet.zoo.recipes import RECIPES
 from modelfleet.zoo.skills import Example
 from modelfleet.zoo.tokenizer import END_OF_TEXT_ID, IM_END_ID, TOKENIZERS, train_tokenizer
-from modelfleet.zoo.training import IGNORE, encode_batch, learning_rate_factor, training_examples
+from modelfleet.zoo.training import IGNORE, draw_batches, encode_batch, scale_learning_rate
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +34,21 @@ def test_only_the_reply_and_its_eos_are_labelled(tokenizer: PreTrainedTokenizerF
         assert all(i == END_OF_TEXT_ID for i in ids[start + len(labelled) :])
 
 
-def test_training_examples_follow_the_recipe_mix() -> None:
-    recipe = replace(RECIPES["llama-arith"], steps=20, batch_size=50)
-    examples = training_examples(recipe)
-    assert examples == training_examples(recipe)
-    assert len(examples) == 1000
-    additions = sum(example.prompt.startswith("What is") for example in examples)
-    sorts = sum(example.prompt.startswith("Sort:") for example in examples)
-    assert additions + sorts == 1000
-    weights = recipe.skills
-    assert additions / 1000 == pytest.approx(weights["addition"] / sum(weights.values()), abs=0.05)
+def test_training_batches_follow_the_recipe_mix() -> None:
+    recipe = replace(RECIPES["llama-arith"], steps=100, batch_size=20)
+    batches = draw_batches(recipe)
+    assert batches == draw_batches(recipe)
+    assert [len(batch) for batch in batches] == [20] * 100
+    prompts = [example.prompt for batch in batches for example in batch]
+    additions = sum(prompt.startswith("What is") for prompt in prompts)
+    assert additions + sum(prompt.startswith("Sort:") for prompt in prompts) == 2000
+    share = recipe.skills["addition"] / sum(recipe.skills.values())
+    assert additions / 2000 == pytest.approx(share, abs=0.04)
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth() -> None:
     recipe = replace(RECIPES["llama-arith"], steps=1000, warmup_steps=100)
-    factors = [learning_rate_factor(recipe, step) for step in range(recipe.steps)]
+    factors = [scale_learning_rate(recipe, step) for step in range(recipe.steps)]
     assert factors[0] == pytest.approx(0.01)
     assert factors[99] == pytest.approx(1.0)
     assert all(a >= b for a, b in pairwise(factors[100:]))
