@@ -2,25 +2,79 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
+from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel, ValidationError
 
 from controllers import metrics
+from controllers.routingpolicy import observe_pools
 from modelfleet.api.errors import format_validation_error
 from modelfleet.api.registry import KINDS, KindInfo
+from modelfleet.api.routingpolicy import RoutingPolicySpec
+
+log = logging.getLogger(__name__)
+
+
+def check_targets(spec: BaseModel, namespace: str, old: dict[str, Any]) -> str | None:
+    """Why a RoutingPolicy's new targets cannot be routed to, naming the field; ``None`` if
+    they can (or the pools cannot be read: the controller reports it then).
+
+    Targets the stored spec already had are not checked again: a pool deleted since must
+    not make every later edit of the policy (or the removal of its finalizer) fail.
+    """
+    assert isinstance(spec, RoutingPolicySpec)
+    known = {(t.get("pool"), t.get("model")) for t in old.get("targets") or []}
+    if all((t.pool, t.model) in known for t in spec.targets):
+        return None
+    try:
+        pools = observe_pools(namespace)
+    except ApiException as error:
+        log.warning("could not list ModelPools to check a RoutingPolicy: %s", error.reason)
+        return None
+    for index, target in enumerate(spec.targets):
+        if (target.pool, target.model) in known:
+            continue
+        pool = pools.get(target.pool)
+        if pool is None:
+            return (
+                f"spec.targets[{index}].pool: ModelPool {target.pool!r} does not exist in "
+                f"namespace {namespace!r}; create the pool first or fix the name"
+            )
+        if target.model not in pool.models:
+            return (
+                f"spec.targets[{index}].model: ModelPool {target.pool!r} serves "
+                f"{sorted(pool.models)}, not {target.model!r}"
+            )
+    return None
+
+
+REFERENCE_CHECKS: dict[str, Callable[[BaseModel, str, dict[str, Any]], str | None]] = {
+    "RoutingPolicy": check_targets
+}
+"""Checks of what a spec refers to, beyond its own validity."""
 
 
 def _validator(info: KindInfo) -> Any:
-    def validate(spec: kopf.Spec, **_: Any) -> None:
+    def validate(
+        spec: kopf.Spec, namespace: str | None = None, old: kopf.Body | None = None, **_: Any
+    ) -> None:
         try:
-            info.spec_model.model_validate(dict(spec))
+            parsed = info.spec_model.model_validate(dict(spec))
         except ValidationError as error:
             metrics.ADMISSION_REVIEWS.labels(kind=info.kind, allowed="false").inc()
             raise kopf.AdmissionError(
                 f"{info.kind} rejected: {format_validation_error(error)}", code=422
             ) from error
+        check = REFERENCE_CHECKS.get(info.kind)
+        stored = dict(old.get("spec") or {}) if old is not None else {}
+        problem = None if check is None else check(parsed, namespace or "default", stored)
+        if problem is not None:
+            metrics.ADMISSION_REVIEWS.labels(kind=info.kind, allowed="false").inc()
+            raise kopf.AdmissionError(f"{info.kind} rejected: {problem}", code=422)
         metrics.ADMISSION_REVIEWS.labels(kind=info.kind, allowed="true").inc()
 
     return validate

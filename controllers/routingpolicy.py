@@ -1,31 +1,37 @@
-"""RoutingPolicy handlers: status from the ModelPools the policy targets."""
+"""RoutingPolicy handlers: deploy the policy's router, status from it and its pools."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, cast
 
+import httpx
 from kubernetes import client
 
 from controllers.context import current
-from controllers.reconcile import Decision, register
+from controllers.reconcile import Decision, Event, register
+from controllers.workloads import APPLY_EVENTS
 from modelfleet.api.common import ConditionStatus, ConditionType
 from modelfleet.api.registry import kind_by_name
 from modelfleet.api.routingpolicy import RoutingPolicySpec, RoutingPolicyStatus
 from modelfleet.backends.base import Owner
-from modelfleet.routing.plan import PoolView, compute_routingpolicy_status
+from modelfleet.core.workload import Observation, WorkloadState
+from modelfleet.routing.plan import PoolView, compute_routingpolicy_status, plan_router
 
 POOLS = kind_by_name("ModelPool")
+STATS_TIMEOUT_S = 2.0
+log = logging.getLogger(__name__)
 
 
 def _view(pool: dict[str, Any]) -> PoolView:
-    conditions = (pool.get("status") or {}).get("conditions") or []
+    status = pool.get("status") or {}
     ready = any(
         c.get("type") == ConditionType.READY and c.get("status") == ConditionStatus.TRUE
-        for c in conditions
+        for c in status.get("conditions") or []
     )
     models = frozenset(m.get("name", "") for m in (pool.get("spec") or {}).get("models") or [])
-    return PoolView(pool["metadata"]["name"], ready, models)
+    return PoolView(pool["metadata"]["name"], ready, models, status.get("endpoint") or "")
 
 
 def observe_pools(namespace: str) -> dict[str, PoolView]:
@@ -39,6 +45,20 @@ def observe_pools(namespace: str) -> dict[str, PoolView]:
     return {view.name: view for view in views}
 
 
+def read_router_stats(observation: Observation) -> dict[str, Any] | None:
+    """What the running router reports at ``<endpoint>/router/status``; ``None`` when it
+    does not answer, so the previous figures stay in status."""
+    if observation.state is not WorkloadState.RUNNING or not observation.endpoint:
+        return None
+    try:
+        response = httpx.get(observation.endpoint + "/router/status", timeout=STATS_TIMEOUT_S)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        log.info("router at %s did not report: %s", observation.endpoint, error)
+        return None
+    return cast(dict[str, Any], response.json())
+
+
 def decide_routing(
     spec: RoutingPolicySpec,
     previous: RoutingPolicyStatus,
@@ -46,8 +66,19 @@ def decide_routing(
     generation: int,
     now: datetime,
 ) -> Decision:
+    backend = current().backend
     pools = observe_pools(owner.namespace)
-    return Decision(compute_routingpolicy_status(spec, pools, previous, generation, now))
+    workload = plan_router(owner.name, spec, pools, previous.profiles)
+    applied = backend.apply(owner, workload)
+    observation = backend.observe(owner, workload)
+    stats = read_router_stats(observation)
+    status = compute_routingpolicy_status(
+        spec, pools, observation, stats, previous, generation, now, workload.name
+    )
+    if applied not in APPLY_EVENTS:
+        return Decision(status)
+    message = f"{applied.value} router {workload.name} on {backend.name}"
+    return Decision(status, [Event("Normal", APPLY_EVENTS[applied], message)])
 
 
 register(kind_by_name("RoutingPolicy"), decide_routing)

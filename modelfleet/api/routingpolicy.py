@@ -7,7 +7,7 @@ from typing import Annotated, Self
 
 from pydantic import Field, StringConstraints, model_validator
 
-from modelfleet.api.common import ApiModel, BaseStatus, Name
+from modelfleet.api.common import ApiModel, BaseStatus, Name, StatusModel
 
 
 class Strategy(StrEnum):
@@ -25,6 +25,19 @@ class RouteTarget(ApiModel):
     pool: Name = Field(description="A ModelPool in the same namespace.")
     model: Name = Field(description="A model served by that pool.")
     weight: float = Field(default=1.0, ge=0, le=1e6, description="With strategy=weighted.")
+    cost_per_1k_tokens: float | None = Field(
+        default=None,
+        ge=0,
+        le=1e6,
+        alias="costPer1kTokens",
+        description="Price of 1000 prompt plus completion tokens on this target. Required by "
+        "strategy=cost-of-pass and by objectives.maxCostPer1kTokens.",
+    )
+    reasoning: bool = Field(
+        default=False,
+        description="A reasoning-heavy target: spec.thinkingBudgets caps its max_tokens by "
+        "the query's estimated difficulty.",
+    )
 
 
 class Objectives(ApiModel):
@@ -46,6 +59,19 @@ class Objectives(ApiModel):
 
 
 ClusterName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+
+
+Utterance = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+
+
+class QueryCluster(ApiModel):
+    """A kind of query, declared by examples: a query belongs to the cluster whose examples'
+    mean sentence embedding (all-MiniLM-L6-v2) is nearest to its own."""
+
+    name: ClusterName = Field(description="How profiles refer to the cluster, e.g. math.")
+    examples: list[Utterance] = Field(
+        min_length=1, max_length=64, description="Typical queries of the cluster, 1 to 64."
+    )
 
 
 class CapabilityProfile(ApiModel):
@@ -82,10 +108,22 @@ class RoutingPolicySpec(ApiModel):
     targets: list[RouteTarget] = Field(
         min_length=1, max_length=32, description="Models requests may go to, 1 to 32."
     )
-    strategy: Strategy = Field(default=Strategy.COST_OF_PASS, description="Default: cost-of-pass.")
+    strategy: Strategy = Field(
+        default=Strategy.WEIGHTED,
+        description="weighted, least-latency, cost-of-pass, capability or cascade. "
+        "Default: weighted, the one strategy that needs no prices or quality data.",
+    )
     objectives: Objectives = Field(default_factory=Objectives)
+    query_clusters: list[QueryCluster] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Kinds of query, by example. Quality is estimated per target and cluster "
+        "(from capabilityProfiles, then from feedback); without clusters, per target.",
+    )
     capability_profiles: list[CapabilityProfile] = Field(
-        default_factory=list, max_length=1024, description="Scores by target and query cluster."
+        default_factory=list,
+        max_length=1024,
+        description="Prior success rates by target and query cluster; feedback refines them.",
     )
     cascade: Cascade | None = Field(default=None, description="Needed with strategy=cascade.")
     thinking_budgets: list[ThinkingBudget] = Field(
@@ -103,6 +141,8 @@ class RoutingPolicySpec(ApiModel):
         referenced += [
             ("spec.capabilityProfiles.target", p.target) for p in self.capability_profiles
         ]
+        self._check_clusters()
+        self._check_costs()
         referenced += [
             ("spec.cascade.order", n) for n in (self.cascade.order if self.cascade else [])
         ]
@@ -111,14 +151,71 @@ class RoutingPolicySpec(ApiModel):
                 raise ValueError(f"{field}: '{name}' is not one of spec.targets {names}")
         if self.strategy is Strategy.CASCADE and self.cascade is None:
             raise ValueError("spec.cascade is required with strategy=cascade")
-        if self.strategy is Strategy.CAPABILITY and not self.capability_profiles:
-            raise ValueError("spec.capabilityProfiles is required with strategy=capability")
+        if self.strategy is Strategy.CAPABILITY and not self.query_clusters:
+            raise ValueError(
+                "spec.queryClusters is required with strategy=capability: the strategy picks "
+                "the best target per kind of query"
+            )
+        if self.cascade is not None and self.strategy is not Strategy.CASCADE:
+            raise ValueError(
+                f"spec.cascade is only read with strategy=cascade, not {self.strategy.value}; "
+                "remove it or set strategy: cascade"
+            )
+        if self.thinking_budgets and not any(t.reasoning for t in self.targets):
+            raise ValueError(
+                "spec.thinkingBudgets: no target has reasoning: true, so no budget would apply"
+            )
         if self.strategy is Strategy.WEIGHTED and not any(t.weight > 0 for t in self.targets):
             raise ValueError("spec.targets: strategy=weighted needs a target with weight > 0")
         difficulties = [b.difficulty for b in self.thinking_budgets]
         if len(set(difficulties)) != len(difficulties):
             raise ValueError("spec.thinkingBudgets: one entry per difficulty")
         return self
+
+    def _check_clusters(self) -> None:
+        clusters = [c.name for c in self.query_clusters]
+        if len(set(clusters)) != len(clusters):
+            raise ValueError(f"spec.queryClusters: names must be unique; got {clusters}")
+        for profile in self.capability_profiles:
+            if profile.cluster not in clusters:
+                raise ValueError(
+                    f"spec.capabilityProfiles.cluster: '{profile.cluster}' is not one of "
+                    f"spec.queryClusters {clusters}"
+                )
+
+    def _check_costs(self) -> None:
+        unpriced = [t.name for t in self.targets if t.cost_per_1k_tokens is None]
+        if not unpriced:
+            return
+        if self.strategy is Strategy.COST_OF_PASS:
+            raise ValueError(
+                f"spec.targets.costPer1kTokens is required with strategy=cost-of-pass; "
+                f"missing on {unpriced}"
+            )
+        if self.objectives.max_cost_per_1k_tokens is not None:
+            raise ValueError(
+                f"spec.targets.costPer1kTokens is required with "
+                f"objectives.maxCostPer1kTokens; missing on {unpriced}"
+            )
+
+
+class LearnedProfile(StatusModel):
+    """Feedback outcomes of one target on one query cluster ('' without clusters)."""
+
+    target: str = Field(max_length=63, description="A target of spec.targets.")
+    cluster: str = Field(default="", max_length=63, description="A spec.queryClusters name.")
+    trials: int = Field(default=0, ge=0, description="Answers rated.")
+    successes: int = Field(default=0, ge=0, description="Answers rated correct.")
+
+
+class TargetObservation(StatusModel):
+    """What the router measured of one target."""
+
+    name: str = Field(max_length=63, description="A target of spec.targets.")
+    requests: int = Field(default=0, ge=0, description="Requests answered.")
+    healthy: bool = Field(default=True, description="False while the target is failing.")
+    ttft_ms: float | None = Field(default=None, ge=0, description="Mean time to first token.")
+    quality: float | None = Field(default=None, ge=0, le=1, description="From feedback.")
 
 
 class RoutingPolicyStatus(BaseStatus):
@@ -135,3 +232,13 @@ class RoutingPolicyStatus(BaseStatus):
         default=None, ge=0, alias="observedCostPer1kTokens", description="Measured cost."
     )
     ready_targets: int = Field(default=0, ge=0, description="Targets whose pool is Ready.")
+    targets: list[TargetObservation] = Field(
+        default_factory=list, max_length=32, description="Per target, as the router sees it."
+    )
+    profiles: list[LearnedProfile] = Field(
+        default_factory=list,
+        max_length=1056,
+        description="Feedback by target and cluster; a restarted router resumes from it.",
+    )
+    feedback: int = Field(default=0, ge=0, description="Outcomes reported to the router.")
+    workload: str = Field(default="", max_length=253, description="Name of the router workload.")

@@ -8,6 +8,7 @@ crash at any point converges to one child with the current spec.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, cast
 
 import yaml
@@ -127,7 +128,7 @@ def render_spec(workload: Workload, image: str) -> dict[str, Any]:
                 "name": workload.name,
                 "import_path": f"{workload.entrypoint}:build",
                 "route_prefix": "/",
-                "args": workload.config,
+                "args": {**workload.config, **workload.restore},
             }
         ]
     }
@@ -135,8 +136,10 @@ def render_spec(workload: Workload, image: str) -> dict[str, Any]:
 
 
 def render(owner: Owner, workload: Workload, image: str) -> dict[str, Any]:
-    """The whole child object, labelled and owned by the custom resource."""
+    """The whole child object, labelled and owned by the custom resource. The spec hash
+    leaves out the workload's ``restore`` state, so state changes alone update nothing."""
     spec = render_spec(workload, image)
+    unrestored = render_spec(replace(workload, restore={}), image)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KINDS[workload.kind],
@@ -148,7 +151,7 @@ def render(owner: Owner, workload: Workload, image: str) -> dict[str, Any]:
                 "modelfleet.io/owner-kind": owner.kind.lower(),
                 "modelfleet.io/owner-name": owner.name,
             },
-            "annotations": {HASH_ANNOTATION: spec_hash(spec)},
+            "annotations": {HASH_ANNOTATION: spec_hash(unrestored)},
             "ownerReferences": [owner.reference()],
         },
         "spec": spec,

@@ -9,11 +9,13 @@ pool, so an operator that serves nothing never starts Ray.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import ray
@@ -29,8 +31,8 @@ from modelfleet.core.workload import (
     WorkloadState,
     distribute_ready,
 )
-from modelfleet.serving.app import deploy, pool_status
 from modelfleet.serving.frontend import OPTIONS_KEY
+from modelfleet.serving.plan import ENTRYPOINT as POOL_ENTRYPOINT
 
 RAY_NAMESPACE = "modelfleet"
 DEPLOYING = "Deploying"
@@ -56,8 +58,17 @@ def app_name(owner: Owner, workload_name: str) -> str:
 
 
 def route_prefix(owner: Owner) -> str:
-    """Each pool answers under /<namespace>/<name> on the shared Serve proxy."""
-    return f"/{owner.namespace}/{owner.name}"
+    """Each pool answers under /<namespace>/<name> on the shared Serve proxy, other kinds
+    under /<namespace>/<kind>/<name>, so a pool and a policy may share a name."""
+    if owner.kind == "ModelPool":
+        return f"/{owner.namespace}/{owner.name}"
+    return f"/{owner.namespace}/{owner.kind.lower()}/{owner.name}"
+
+
+def serve_app(entrypoint: str) -> ModuleType:
+    """The module of a service workload: its ``deploy(config, name, route_prefix)`` and
+    ``app_status(name, route_prefix)``, the same module KubeRay imports ``build`` from."""
+    return importlib.import_module(entrypoint)
 
 
 def run_in_background(work: Callable[..., None], *args: Any) -> Future[None]:
@@ -129,12 +140,14 @@ class LocalServe:
         with self._lock:
             return self._app_locks.setdefault(name, threading.Lock())
 
-    def _deploy(self, name: str, config: dict[str, Any], owner: Owner) -> None:
-        """Fetch the pool's models to this machine, then deploy it with their local copies."""
-        local = localize_models(config, owner.namespace, self._read_secret)
+    def _deploy(self, name: str, workload: Workload, config: dict[str, Any], owner: Owner) -> None:
+        """Fetch a pool's models to this machine, then deploy it with their local copies."""
+        if workload.entrypoint == POOL_ENTRYPOINT:
+            config = localize_models(config, owner.namespace, self._read_secret)
         with self._app_lock(name):
             self._connect()
-            deploy(local, name=name, route_prefix=route_prefix(owner))
+            deploy = serve_app(workload.entrypoint).deploy
+            deploy({**config, **workload.restore}, name=name, route_prefix=route_prefix(owner))
 
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
         """Start a rollout when the pool is new or its spec changed; otherwise nothing."""
@@ -145,7 +158,7 @@ class LocalServe:
             current = self._rollouts.get(name)
             if current is not None and current.config_hash == digest:
                 return ApplyResult.UNCHANGED
-            future = run_in_background(self._deploy, name, config, owner)
+            future = run_in_background(self._deploy, name, workload, config, owner)
             self._rollouts[name] = _Rollout(digest, future)
         return ApplyResult.CREATED if current is None else ApplyResult.UPDATED
 
@@ -170,7 +183,7 @@ class LocalServe:
         if error is not None:
             return Observation(WorkloadState.FAILED, DEPLOY_FAILED, f"{name}: {error}")
         try:
-            status = pool_status(name, route_prefix(owner))
+            status = serve_app(workload.entrypoint).app_status(name, route_prefix(owner))
         except Exception as error:  # Ray and Serve raise many types; all mean: redeploy.
             with self._lock:
                 if self._rollouts.get(name) is rollout:

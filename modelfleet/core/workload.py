@@ -43,7 +43,9 @@ class WorkerGroup:
 class Workload:
     """What a backend runs. ``credential_secrets`` are Secrets whose keys become the
     runtime's environment (artifact credentials); ``claims`` are PersistentVolumeClaims
-    mounted read-only into the runtime pods at ``/mnt/pvc/<claim>`` (pvc:// artifacts)."""
+    mounted read-only into the runtime pods at ``/mnt/pvc/<claim>`` (pvc:// artifacts).
+    ``restore`` is state a *new* deployment starts from (what a router learned): it joins
+    ``config`` when the workload is created, but a change to it alone redeploys nothing."""
 
     name: str
     kind: WorkloadKind
@@ -52,6 +54,7 @@ class Workload:
     worker_groups: tuple[WorkerGroup, ...]
     credential_secrets: tuple[str, ...] = ()
     claims: tuple[str, ...] = ()
+    restore: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,28 @@
-"""Compute a RoutingPolicy's status from the pools it targets. Pure, no I/O."""
+"""Plan a RoutingPolicy's router and compute its status. Pure, no I/O.
+
+The router is a service workload whose config is the policy, the endpoints of the
+target pools that have one, and (for a new router only) the outcomes learned so far,
+read back from the policy's status.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from modelfleet.api.routingpolicy import RoutingPolicySpec, RoutingPolicyStatus
+from modelfleet.api.routingpolicy import (
+    LearnedProfile,
+    RoutingPolicySpec,
+    RoutingPolicyStatus,
+    TargetObservation,
+)
 from modelfleet.core.conditions import readiness_verdicts
+from modelfleet.core.names import child_name
 from modelfleet.core.status import settle_status
+from modelfleet.core.workload import Observation, Workload, WorkloadKind, WorkloadState
+
+ENTRYPOINT = "modelfleet.routing.app"
 
 
 @dataclass(frozen=True)
@@ -17,45 +32,106 @@ class PoolView:
     name: str
     ready: bool
     models: frozenset[str]
+    endpoint: str = ""
 
 
-def compute_routingpolicy_status(
-    spec: RoutingPolicySpec,
-    pools: dict[str, PoolView],
-    previous: RoutingPolicyStatus,
-    generation: int,
-    now: datetime,
-) -> RoutingPolicyStatus:
-    """Ready when some target can serve; Degraded when some target cannot.
+def plan_router(
+    name: str, spec: RoutingPolicySpec, pools: dict[str, PoolView], learned: list[LearnedProfile]
+) -> Workload:
+    """The router service: head-only (it forwards, it does not compute), one per policy."""
+    endpoints = {
+        t.name: pools[t.pool].endpoint
+        for t in spec.targets
+        if t.pool in pools and pools[t.pool].endpoint
+    }
+    config: dict[str, Any] = {
+        "policyName": name,
+        "policy": spec.to_wire(),
+        "endpoints": endpoints,
+    }
+    return Workload(
+        name=child_name(name, "router"),
+        kind=WorkloadKind.SERVICE,
+        entrypoint=ENTRYPOINT,
+        config=config,
+        worker_groups=(),
+        restore={"learned": [p.to_wire() for p in learned]},
+    )
 
-    A reference to a pool or model that does not exist is reported first and
-    by name, because it is a mistake in the policy the user can fix, unlike a
-    pool that is still starting.
+
+def _target_verdict(
+    spec: RoutingPolicySpec, pools: dict[str, PoolView], failing: list[str]
+) -> tuple[bool, str, str, list[str]]:
+    """(routable, reason, message, targets not ready) from the pools and router health.
+
+    A reference to a pool or model that does not exist is reported first and by name,
+    because it is a mistake in the policy the user can fix, unlike a pool that is still
+    starting.
     """
     missing = [t.name for t in spec.targets if t.pool not in pools]
     unknown = [
         t.name for t in spec.targets if t.pool in pools and t.model not in pools[t.pool].models
     ]
-    ready = [t.name for t in spec.targets if t.pool in pools and pools[t.pool].ready]
+    ready = [
+        t.name
+        for t in spec.targets
+        if t.pool in pools and pools[t.pool].ready and t.name not in failing
+    ]
     waiting = [t.name for t in spec.targets if t.name not in ready]
     if missing:
         pools_missing = sorted({t.pool for t in spec.targets if t.name in missing})
-        reason = "TargetNotFound"
         message = f"targets {missing} name ModelPools not in this namespace: {pools_missing}"
-    elif unknown:
-        reason = "ModelNotInPool"
-        message = f"targets {unknown} name models their ModelPool does not serve"
-    elif not ready:
-        reason, message = "TargetsNotReady", f"no target's ModelPool is Ready yet: {waiting}"
-    elif waiting:
-        reason, message = "PartiallyReady", f"routing to {ready}; not Ready yet: {waiting}"
-    else:
-        reason, message = "TargetsReady", f"all {len(ready)} target(s) Ready"
+        return False, "TargetNotFound", message, waiting
+    if unknown:
+        return False, "ModelNotInPool", f"targets {unknown} name models their pool lacks", waiting
+    if not ready:
+        return False, "TargetsNotReady", f"no target can answer yet: {waiting}", waiting
+    if failing:
+        message = f"routing to {ready}; failing, so skipped: {failing}"
+        return True, "TargetsFailing", message, waiting
+    if waiting:
+        return True, "PartiallyReady", f"routing to {ready}; not Ready yet: {waiting}", waiting
+    return True, "TargetsReady", f"routing across all {len(ready)} target(s)", waiting
+
+
+def compute_routingpolicy_status(
+    spec: RoutingPolicySpec,
+    pools: dict[str, PoolView],
+    router: Observation,
+    stats: dict[str, Any] | None,
+    previous: RoutingPolicyStatus,
+    generation: int,
+    now: datetime,
+    workload: str = "",
+) -> RoutingPolicyStatus:
+    """Ready when the router runs and some target answers; Degraded when some does not.
+
+    ``stats`` is what the running router reports (decisions, telemetry, learned
+    profiles); ``None`` keeps the previous figures rather than erasing them.
+    """
+    targets = [TargetObservation.model_validate(t) for t in (stats or {}).get("targets", [])]
+    failing = [t.name for t in targets if not t.healthy]
+    routable, reason, message, waiting = _target_verdict(spec, pools, failing)
+    running = router.state is WorkloadState.RUNNING
+    if routable and not running:
+        routable, reason, message = False, router.reason, router.message
     verdicts = readiness_verdicts(
-        ready=bool(ready) and not missing and not unknown,
+        ready=routable,
         reason=reason,
         message=message,
-        progressing=bool(waiting) and not missing and not unknown,
-        degraded=bool(ready) and bool(waiting),
+        progressing=not running or (bool(waiting) and reason == "PartiallyReady"),
+        degraded=routable and bool(waiting),
     )
-    return settle_status(previous, verdicts, generation, now, ready_targets=len(ready))
+    ready_targets = len(spec.targets) - len(waiting)
+    fields: dict[str, Any] = {"ready_targets": ready_targets, "workload": workload}
+    fields["endpoint"] = router.endpoint if running else ""
+    if stats is not None:
+        fields.update(
+            decisions=stats.get("decisions", {}),
+            targets=targets,
+            observed_quality=stats.get("observedQuality"),
+            observed_cost_per_1k_tokens=stats.get("observedCostPer1kTokens"),
+            feedback=int(stats.get("feedback", 0)),
+            profiles=[LearnedProfile.model_validate(p) for p in stats.get("profiles", [])],
+        )
+    return settle_status(previous, verdicts, generation, now, **fields)

@@ -19,10 +19,10 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve import Application, Deployment
 
+from modelfleet.core.openai_api import ApiError
 from modelfleet.serving.catalog import resolve_served_model
 from modelfleet.serving.frontend import PoolFrontend, split_args
 from modelfleet.serving.manager import MigrationReport
-from modelfleet.serving.openai_api import ApiError
 
 api = FastAPI(title="modelfleet ModelPool")
 
@@ -111,7 +111,7 @@ def deploy(spec_wire: dict[str, Any], name: str, route_prefix: str = "/") -> Non
     serve.run(build(spec_wire), name=name, route_prefix=route_prefix, blocking=False)
 
 
-def pool_status(name: str, route_prefix: str = "/") -> dict[str, Any]:
+def app_status(name: str, route_prefix: str = "/") -> dict[str, Any]:
     """The pool's ready replicas, migrations and recoveries, and its endpoint path."""
     status: dict[str, Any] = serve.get_app_handle(name).status.remote().result()
     status["endpoint"] = route_prefix.rstrip("/") + status["endpoint"]

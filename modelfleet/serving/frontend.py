@@ -19,6 +19,14 @@ from pydantic import Field
 
 from modelfleet.api.common import ApiModel
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel, Slo
+from modelfleet.core.openai_api import (
+    ApiError,
+    check_length,
+    completion_body,
+    overloaded,
+    unknown_model,
+    usage,
+)
 from modelfleet.serving.catalog import resolve_served_model
 from modelfleet.serving.choices import ChoiceDecoder
 from modelfleet.serving.dispatch import DispatchPolicy
@@ -31,14 +39,6 @@ from modelfleet.serving.manager import (
     Stream,
 )
 from modelfleet.serving.model_tokenizer import load_tokenizer
-from modelfleet.serving.openai_api import (
-    ApiError,
-    check_length,
-    completion_body,
-    overloaded,
-    unknown_model,
-    usage,
-)
 from modelfleet.serving.openai_requests import (
     ChatCompletionRequest,
     CompletionRequest,

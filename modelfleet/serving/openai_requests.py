@@ -30,8 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from modelfleet.core.openai_api import ApiError
 from modelfleet.serving.interface import MAX_LOGPROBS, GrammarSpec, SamplingParams
-from modelfleet.serving.openai_api import ApiError
 from modelfleet.serving.tokenizer import ChatTurn
 
 COMPLETION_MAX_TOKENS = 16

@@ -14,12 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelfleet.serving.choices import ChoiceDecoder, Delta
-from modelfleet.serving.interface import TokenEvent
-from modelfleet.serving.interleave import interleave
-from modelfleet.serving.logprobs_format import chat_logprobs, completion_logprobs
-from modelfleet.serving.manager import PoolManager, Stream
-from modelfleet.serving.openai_api import (
+from modelfleet.core.openai_api import (
     completion_body,
     generation_failed,
     role_choice,
@@ -27,6 +22,11 @@ from modelfleet.serving.openai_api import (
     text_choice,
     usage,
 )
+from modelfleet.serving.choices import ChoiceDecoder, Delta
+from modelfleet.serving.interface import TokenEvent
+from modelfleet.serving.interleave import interleave
+from modelfleet.serving.logprobs_format import chat_logprobs, completion_logprobs
+from modelfleet.serving.manager import PoolManager, Stream
 from modelfleet.serving.slo import RequestTiming, SloWindow, time_per_output_token
 from modelfleet.serving.tokenizer import TextTokenizer
 

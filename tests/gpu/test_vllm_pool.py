@@ -28,7 +28,7 @@ import ray
 from ray import serve
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from modelfleet.serving.app import deploy, pool_status
+from modelfleet.serving.app import app_status, deploy
 from modelfleet.zoo.evaluation import reply
 from modelfleet.zoo.recipes import RECIPES
 from modelfleet.zoo.skills import Addition, Example, Split
@@ -57,9 +57,9 @@ def wait_until_ready(name: str) -> None:
     """Return once the pool's model has a ready replica; fail with its status after
     ``READY_TIMEOUT_S``."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while pool_status(name)["models"][MODEL]["readyReplicas"] < 1:
+    while app_status(name)["models"][MODEL]["readyReplicas"] < 1:
         if time.monotonic() > deadline:
-            pytest.fail(f"no vLLM replica ready after {READY_TIMEOUT_S}s: {pool_status(name)}")
+            pytest.fail(f"no vLLM replica ready after {READY_TIMEOUT_S}s: {app_status(name)}")
         time.sleep(1)
 
 

@@ -21,7 +21,7 @@ import ray
 import torch
 from ray import serve
 
-from modelfleet.serving.app import deploy, pool_status
+from modelfleet.serving.app import app_status, deploy
 from modelfleet.serving.catalog import resolve_model
 from modelfleet.serving.checkpoint import load_decoder
 from modelfleet.serving.interface import SamplingParams
@@ -126,7 +126,7 @@ def expected_tokens(
 
 def status_of(name: str, model: str = MODEL) -> dict[str, Any]:
     """The pool's status for its only model."""
-    models: dict[str, Any] = pool_status(name)["models"]
+    models: dict[str, Any] = app_status(name)["models"]
     return dict(models[model])
 
 

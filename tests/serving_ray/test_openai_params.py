@@ -18,7 +18,7 @@ import torch
 from ray import serve
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
-from modelfleet.serving.app import deploy, pool_status
+from modelfleet.serving.app import app_status, deploy
 from modelfleet.serving.tokenizer import ByteTokenizer
 from tests.unit.serving.checkpoints import save_adapter
 from tests.unit.serving.tokenizers_for_tests import MULTILINGUAL, byte_level_bpe
@@ -102,7 +102,7 @@ def pool(serve_url: str, checkpoint: Path) -> Iterator[str]:
 
 
 def running_requests() -> int:
-    models: dict[str, Any] = pool_status(NAME)["models"]
+    models: dict[str, Any] = app_status(NAME)["models"]
     return sum(int(model["requests"]) for model in models.values())
 
 
@@ -335,4 +335,4 @@ def test_an_adapter_decodes_on_its_base_pool(pool: str) -> None:
         assert result.model == model
         outputs[model] = (result.choices[0].model_extra or {})["token_ids"]
     assert outputs[QWEN] != outputs[ADAPTER]
-    assert set(pool_status(NAME)["models"]) == {MODEL, QWEN}
+    assert set(app_status(NAME)["models"]) == {MODEL, QWEN}

@@ -131,13 +131,44 @@ def test_routing_references_must_resolve() -> None:
     cascade = {"targets": targets, "strategy": "cascade"}
     assert "spec.cascade is required" in _message(RoutingPolicySpec, cascade)
     budgets = [{"difficulty": "easy", "maxTokens": 1}, {"difficulty": "easy", "maxTokens": 2}]
+    thinking = [{**targets[0], "reasoning": True}]
     assert "one entry per difficulty" in _message(
-        RoutingPolicySpec, {"targets": targets, "thinkingBudgets": budgets}
+        RoutingPolicySpec, {"targets": thinking, "thinkingBudgets": budgets}
     )
-    alias = RoutingPolicySpec.model_validate(
-        {"targets": targets, "objectives": {"maxCostPer1kTokens": 0.5}}
+    assert "no target has reasoning: true" in _message(
+        RoutingPolicySpec, {"targets": targets, "thinkingBudgets": budgets[:1]}
     )
+    capped = {"targets": targets, "objectives": {"maxCostPer1kTokens": 0.5}}
+    assert "costPer1kTokens is required with objectives.maxCostPer1kTokens" in _message(
+        RoutingPolicySpec, capped
+    )
+    priced = [{**targets[0], "costPer1kTokens": 0.1}]
+    alias = RoutingPolicySpec.model_validate({**capped, "targets": priced})
     assert alias.to_wire()["objectives"] == {"minQuality": 0.0, "maxCostPer1kTokens": 0.5}
+
+
+def test_routing_strategies_refuse_what_they_cannot_use() -> None:
+    targets = [{"name": "small", "pool": "p", "model": "m"}]
+    assert "costPer1kTokens is required with strategy=cost-of-pass; missing on ['small']" in (
+        _message(RoutingPolicySpec, {"targets": targets, "strategy": "cost-of-pass"})
+    )
+    assert "spec.queryClusters is required with strategy=capability" in _message(
+        RoutingPolicySpec, {"targets": targets, "strategy": "capability"}
+    )
+    cascade = {"order": ["small", "small"]}
+    assert "spec.cascade is only read with strategy=cascade" in _message(
+        RoutingPolicySpec, {"targets": targets, "cascade": cascade}
+    )
+    clusters = [{"name": "math", "examples": ["What is 1 + 2?"]}]
+    profile = [{"target": "small", "cluster": "poetry", "score": 0.5}]
+    message = _message(
+        RoutingPolicySpec,
+        {"targets": targets, "queryClusters": clusters, "capabilityProfiles": profile},
+    )
+    assert message == (
+        "spec.capabilityProfiles.cluster: 'poetry' is not one of spec.queryClusters ['math']"
+    )
+    assert RoutingPolicySpec.model_validate({"targets": targets}).strategy == "weighted"
 
 
 def test_status_wire_form_leaves_out_empty_strings() -> None:

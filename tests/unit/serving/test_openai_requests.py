@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from modelfleet.core.openai_api import ApiError, check_length
 from modelfleet.serving.interface import GrammarSpec, SamplingParams
-from modelfleet.serving.openai_api import ApiError, check_length
 from modelfleet.serving.openai_requests import (
     CHAT_UNSUPPORTED,
     COMPLETION_UNSUPPORTED,
