@@ -441,6 +441,7 @@ class Router:
             ],
             "observedQuality": self._ledger.quality(),
             "observedCostPer1kTokens": self._ledger.cost_per_1k_tokens(),
+            "spend": {"tokens": self._ledger.tokens, "cost": self._ledger.cost},
             "feedback": self._ledger.trials,
             "profiles": self._book.export(),
         }
