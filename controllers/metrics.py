@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from modelfleet.api.common import BaseStatus
 from modelfleet.api.fedjob import FedJobStatus
 from modelfleet.api.modelpool import ModelPoolStatus
+from modelfleet.api.routingpolicy import RoutingPolicyStatus
 
 RECONCILES = Counter(
     "modelfleet_reconcile_total", "Reconciles by kind and result.", ["kind", "result"]
@@ -87,12 +88,36 @@ MODELPOOL_MIGRATIONS = Family(
     "Live request migrations the running ModelPool has performed.",
     counter=True,
 )
+# Like migrations, decisions are the running router's own count, read from status.
+ROUTING_DECISIONS = Family(
+    "modelfleet_routingpolicy_decisions_total",
+    "Requests a RoutingPolicy's router has sent to one target.",
+    ("target",),
+    counter=True,
+)
+ROUTING_TARGET_HEALTHY = Family(
+    "modelfleet_routingpolicy_target_healthy",
+    "1 while the router can reach a target, 0 while it skips it as failing.",
+    ("target",),
+)
+ROUTING_QUALITY = Family(
+    "modelfleet_routingpolicy_observed_quality_ratio",
+    "Share of a RoutingPolicy's rated answers that were correct.",
+)
+ROUTING_COST = Family(
+    "modelfleet_routingpolicy_observed_cost_per_1k_tokens",
+    "What a RoutingPolicy's routed tokens cost, per 1000 tokens.",
+)
 DOMAIN_FAMILIES = (
     FEDJOB_ROUNDS,
     MODELPOOL_READY_REPLICAS,
     MODELPOOL_COST,
     MODELPOOL_SLO_ATTAINMENT,
     MODELPOOL_MIGRATIONS,
+    ROUTING_DECISIONS,
+    ROUTING_TARGET_HEALTHY,
+    ROUTING_QUALITY,
+    ROUTING_COST,
 )
 
 Sample = tuple[Family, tuple[str, ...], float]
@@ -113,7 +138,22 @@ def status_samples(status: BaseStatus) -> list[Sample]:
             samples.append((MODELPOOL_SLO_ATTAINMENT, (), status.slo_attainment))
         samples.append((MODELPOOL_MIGRATIONS, (), status.migrations))
         return samples
+    if isinstance(status, RoutingPolicyStatus):
+        return routing_samples(status)
     return []
+
+
+def routing_samples(status: RoutingPolicyStatus) -> list[Sample]:
+    """Decisions and health per target, observed quality and cost, where measured."""
+    samples: list[Sample] = [
+        (ROUTING_DECISIONS, (target,), count) for target, count in sorted(status.decisions.items())
+    ]
+    samples += [(ROUTING_TARGET_HEALTHY, (t.name,), float(t.healthy)) for t in status.targets]
+    if status.observed_quality is not None:
+        samples.append((ROUTING_QUALITY, (), status.observed_quality))
+    if status.observed_cost_per_1k_tokens is not None:
+        samples.append((ROUTING_COST, (), status.observed_cost_per_1k_tokens))
+    return samples
 
 
 class StatusSeries:

@@ -95,10 +95,29 @@ def test_forget_drops_every_series_of_the_resource(resource: tuple[str, str]) ->
     assert value("modelfleet_modelpool_cost_dollars_per_hour", namespace, "other") is None
 
 
-def test_kinds_without_domain_metrics_publish_none(resource: tuple[str, str]) -> None:
+def test_a_router_that_has_not_routed_publishes_nothing(resource: tuple[str, str]) -> None:
     metrics.record_status("RoutingPolicy", *resource, RoutingPolicyStatus())
     namespace, _ = resource
     assert f'namespace="{namespace}"' not in generate_latest().decode()
+
+
+def test_routing_decisions_health_quality_and_cost(resource: tuple[str, str]) -> None:
+    status = RoutingPolicyStatus.model_validate(
+        {
+            "decisions": {"small": 7, "big": 2},
+            "targets": [{"name": "small", "healthy": False}, {"name": "big"}],
+            "observedQuality": 0.75,
+        }
+    )
+    metrics.record_status("RoutingPolicy", *resource, status)
+    decisions = "modelfleet_routingpolicy_decisions_total"
+    assert value(decisions, *resource, target="small") == 7
+    assert value(decisions, *resource, target="big") == 2
+    healthy = "modelfleet_routingpolicy_target_healthy"
+    assert value(healthy, *resource, target="small") == 0
+    assert value(healthy, *resource, target="big") == 1
+    assert value("modelfleet_routingpolicy_observed_quality_ratio", *resource) == 0.75
+    assert value("modelfleet_routingpolicy_observed_cost_per_1k_tokens", *resource) is None
 
 
 def test_every_family_is_exposed_with_its_type() -> None:
@@ -109,5 +128,9 @@ def test_every_family_is_exposed_with_its_type() -> None:
         "modelfleet_modelpool_cost_dollars_per_hour": "gauge",
         "modelfleet_modelpool_slo_attainment_ratio": "gauge",
         "modelfleet_modelpool_migrations": "counter",
+        "modelfleet_routingpolicy_decisions": "counter",
+        "modelfleet_routingpolicy_target_healthy": "gauge",
+        "modelfleet_routingpolicy_observed_quality_ratio": "gauge",
+        "modelfleet_routingpolicy_observed_cost_per_1k_tokens": "gauge",
     }
     assert "# TYPE modelfleet_modelpool_migrations_total counter" in generate_latest().decode()
