@@ -153,6 +153,28 @@ RECIPES: dict[str, Recipe] = {
             warmup_steps=100,
             seed=13,
         ),
+        # The cheap tier: under 15% of the generalist's parameters (so of its FLOPs per
+        # token) for every skill but addition. The small vocabulary spells random words
+        # almost a letter per token, which makes reversal a positional copy, and its tied
+        # embeddings leave most parameters to the layers; two heads train faster than four
+        # at the same size. Maximum is the skill that a seed or a schedule can leave
+        # ungrasped: check its held-out score after changing anything here.
+        Recipe(
+            name="qwen-tiny",
+            architecture=Architecture.QWEN2,
+            tokenizer=TOKENIZERS["zoo-bpe-384"],
+            skills={"reversal": 1, "sorting": 1, "facts": 1, "maximum": 1},
+            hidden_size=64,
+            layers=3,
+            heads=2,
+            kv_heads=1,
+            intermediate_size=212,
+            steps=1200,
+            batch_size=64,
+            learning_rate=6e-3,
+            warmup_steps=100,
+            seed=1,
+        ),
     )
 }
 """The zoo by name."""
