@@ -65,8 +65,8 @@ def _target_verdict(
     """(routable, reason, message, targets not ready) from the pools and router health.
 
     A reference to a pool or model that does not exist is reported first and by name,
-    because it is a mistake in the policy the user can fix, unlike a pool that is still
-    starting.
+    because it is a mistake the user can fix, unlike a pool that is still starting. The
+    policy stays Ready (and Degraded) while any target can answer: its endpoint does.
     """
     missing = [t.name for t in spec.targets if t.pool not in pools]
     unknown = [
@@ -75,22 +75,26 @@ def _target_verdict(
     ready = [
         t.name
         for t in spec.targets
-        if t.pool in pools and pools[t.pool].ready and t.name not in failing
+        if t.pool in pools
+        and pools[t.pool].ready
+        and t.name not in failing
+        and t.name not in unknown
     ]
     waiting = [t.name for t in spec.targets if t.name not in ready]
+    routing = f"routing to {ready}; " if ready else ""
     if missing:
         pools_missing = sorted({t.pool for t in spec.targets if t.name in missing})
         message = f"targets {missing} name ModelPools not in this namespace: {pools_missing}"
-        return False, "TargetNotFound", message, waiting
+        return bool(ready), "TargetNotFound", routing + message, waiting
     if unknown:
-        return False, "ModelNotInPool", f"targets {unknown} name models their pool lacks", waiting
+        message = f"targets {unknown} name models their pool does not serve"
+        return bool(ready), "ModelNotInPool", routing + message, waiting
     if not ready:
         return False, "TargetsNotReady", f"no target can answer yet: {waiting}", waiting
     if failing:
-        message = f"routing to {ready}; failing, so skipped: {failing}"
-        return True, "TargetsFailing", message, waiting
+        return True, "TargetsFailing", f"{routing}failing, so skipped: {failing}", waiting
     if waiting:
-        return True, "PartiallyReady", f"routing to {ready}; not Ready yet: {waiting}", waiting
+        return True, "PartiallyReady", f"{routing}not Ready yet: {waiting}", waiting
     return True, "TargetsReady", f"routing across all {len(ready)} target(s)", waiting
 
 

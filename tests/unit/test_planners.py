@@ -218,11 +218,12 @@ def _route(
 def test_routing_status_names_what_is_wrong() -> None:
     spec = _routing(("small", "p1", "m"), ("big", "p2", "m"))
     up, down = PoolView("p1", True, frozenset({"m"})), PoolView("p2", False, frozenset({"m"}))
-    assert _route(spec, [up]) == ("False", "TargetNotFound", 1)
+    assert _route(spec, [up]) == ("True", "TargetNotFound", 1), "p1 still answers"
+    assert _route(spec, [PoolView("p1", False, frozenset({"m"}))]) == ("False", "TargetNotFound", 0)
     assert _route(spec, [up, PoolView("p2", True, frozenset({"x"}))]) == (
-        "False",
+        "True",
         "ModelNotInPool",
-        2,
+        1,
     )
     assert _route(spec, [PoolView("p1", False, frozenset({"m"})), down]) == (
         "False",
@@ -261,6 +262,7 @@ def test_routing_status_carries_what_the_router_reports() -> None:
     workload = plan_router("r", spec, pools, status.profiles)
     assert workload.config["endpoints"] == {"small": "http://pool/v1"}
     assert workload.restore == {"learned": [status.profiles[0].to_wire()]}
+
 
 @given(st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=63))
 def test_child_names_are_short_stable_and_distinct(owner: str) -> None:
