@@ -15,6 +15,7 @@ from ray import serve
 from ray.serve import Application, Deployment
 
 from modelfleet.core.openai_api import ApiError
+from modelfleet.core.serve_deploy import run_application
 from modelfleet.routing.embedding import QueryEncoder
 from modelfleet.routing.router import Router, RouterConfig
 
@@ -95,7 +96,7 @@ def deploy(config: dict[str, Any], name: str, route_prefix: str = "/") -> None:
     if name in serve.status().applications:
         serve.get_app_handle(name).apply.remote(config).result()
         return
-    serve.run(build(config), name=name, route_prefix=route_prefix, blocking=False)
+    run_application(build(config), name, route_prefix)
 
 
 def app_status(name: str, route_prefix: str = "/") -> dict[str, Any]:

@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve import Application, Deployment
 
 from modelfleet.core.openai_api import ApiError
+from modelfleet.core.serve_deploy import run_application
 from modelfleet.serving.catalog import resolve_served_model
 from modelfleet.serving.frontend import PoolFrontend, split_args
 from modelfleet.serving.manager import MigrationReport
@@ -101,14 +102,14 @@ def deploy(spec_wire: dict[str, Any], name: str, route_prefix: str = "/") -> Non
 
     Returns once the application runs. When only the replica count or migration settings
     changed, the running ingress applies them in place (``apply``), so no stream drops;
-    otherwise (new pool, new models or options) ``serve.run`` (re)deploys.
+    otherwise (new pool, new models or options) the application is (re)deployed.
     """
     spec, options = split_args(spec_wire)
     if name in serve.status().applications:
         handle = serve.get_app_handle(name)
         if handle.apply.remote(spec.to_wire(), options.to_wire()).result():
             return
-    serve.run(build(spec_wire), name=name, route_prefix=route_prefix, blocking=False)
+    run_application(build(spec_wire), name, route_prefix)
 
 
 def app_status(name: str, route_prefix: str = "/") -> dict[str, Any]:
