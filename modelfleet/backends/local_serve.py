@@ -152,7 +152,9 @@ class LocalServe:
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
         """Start a rollout when the pool is new or its spec changed; otherwise nothing."""
         name = app_name(owner, workload.name)
-        config = {**workload.config, OPTIONS_KEY: {"replicaNumCpus": self._settings.replica_cpus}}
+        config = workload.config
+        if workload.entrypoint == POOL_ENTRYPOINT:
+            config = {**config, OPTIONS_KEY: {"replicaNumCpus": self._settings.replica_cpus}}
         digest = spec_hash(config)
         with self._lock:
             current = self._rollouts.get(name)
@@ -170,11 +172,12 @@ class LocalServe:
         if rollout is None:
             return Observation(WorkloadState.MISSING, "NotDeployed", f"{name} is not deployed")
         if not rollout.future.done():
-            replicas = workload.config.get("replicas", 0)
+            replicas = workload.config.get("replicas")
+            sized = "" if replicas is None else f" with {replicas} replica(s)"
             return Observation(
                 WorkloadState.PENDING,
                 DEPLOYING,
-                f"deploying Serve application {name} with {replicas} replica(s) on the local Ray",
+                f"deploying Serve application {name}{sized} on the local Ray",
             )
         error = rollout.future.exception()
         if isinstance(error, ArtifactError):

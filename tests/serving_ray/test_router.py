@@ -42,9 +42,14 @@ def routers(pool: str, serve_url: str) -> Iterator[Any]:
     """Deploys routers by name in front of the module's pool; their base URLs."""
     names: list[str] = []
 
-    def start(name: str, policy: dict[str, Any], endpoints: dict[str, str] | None = None) -> str:
+    def start(
+        name: str,
+        policy: dict[str, Any],
+        endpoints: dict[str, str] | None = None,
+        learned: list[dict[str, Any]] | None = None,
+    ) -> str:
         urls = endpoints or {"big": f"{pool}/v1", "tiny": f"{pool}/v1"}
-        config = {"policyName": name, "policy": policy, "endpoints": urls}
+        config = {"policyName": name, "policy": policy, "endpoints": urls, "learned": learned or []}
         deploy_router(config, name=name, route_prefix=f"/{name}")
         names.append(name)
         base = f"{serve_url}/{name}"
@@ -113,6 +118,11 @@ def test_cost_of_pass_moves_to_the_model_that_is_right(routers: Any) -> None:
     assert quality["big"] >= 0.7 and quality["tiny"] == 0.0, "llama-arith adds, mini cannot"
     assert {p["target"] for p in status["profiles"]} == {"big", "tiny"}
     assert _rate(base, answer.id, True).status_code == 404, "an answer is rated once"
+
+    successor = routers("cop-restarted", policy, learned=status["profiles"])
+    assert _status(successor)["profiles"] == status["profiles"]
+    first = _ask(successor, "cop-restarted", 1, 2).headers["x-modelfleet-target"]
+    assert first == "big", "a new router starts from what its predecessor learned"
 
 
 def test_a_failing_target_falls_through_and_streams_relay(routers: Any, pool: str) -> None:

@@ -19,6 +19,12 @@ def test_application_names_cannot_collide_across_namespaces() -> None:
     assert route_prefix(owner("team", "chat")) == "/team/chat"
 
 
+def test_a_policy_and_a_pool_of_one_name_answer_on_different_paths() -> None:
+    policy = Owner("modelfleet.io/v1alpha1", "RoutingPolicy", "chat", "team", "uid")
+    assert route_prefix(policy) == "/team/routingpolicy/chat"
+    assert app_name(policy, "chat-router") != app_name(owner("team", "chat"), "chat-serve")
+
+
 def test_a_rollout_reports_its_result_and_runs_on_a_daemon_thread() -> None:
     seen: list[bool] = []
     done = run_in_background(lambda: seen.append(threading.current_thread().daemon))
