@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from modelfleet.api.routingpolicy import Difficulty, Strategy
 
 UNKNOWN_TOKENS = 1000.0
-"""Tokens assumed per request before a target has answered any: costs then compare as
-prices per 1000 tokens."""
+"""Tokens assumed per request while no target has answered any: costs then compare as
+prices per 1000 tokens. Once some have, an unmeasured target is assumed to use their
+mean, so it is neither favoured nor shunned for being new."""
 
 
 @dataclass(frozen=True)
@@ -131,12 +132,22 @@ def route_weighted(ctx: RouteContext) -> Route:
     return Route(close_with_fallback(order, ctx.fallback), reason)
 
 
+def observed_latency(candidate: Candidate) -> float | None:
+    """Time to first token, or end-to-end latency where only whole answers were seen."""
+    return candidate.latency_ms if candidate.ttft_ms is None else candidate.ttft_ms
+
+
+def _latency_rank(latency: float | None) -> float:
+    return -1.0 if latency is None else latency
+
+
 def route_least_latency(ctx: RouteContext) -> Route:
-    """Lowest observed time to first token first; an unmeasured target goes first, once."""
+    """Lowest observed latency first; an unmeasured target goes first, until measured."""
     pool = usable(ctx.candidates)
-    ranked = sorted(pool, key=lambda c: -1.0 if c.ttft_ms is None else c.ttft_ms)
+    ranked = sorted(pool, key=lambda c: _latency_rank(observed_latency(c)))
     best = ranked[0]
-    seen = "not measured yet" if best.ttft_ms is None else f"TTFT {best.ttft_ms:.0f} ms"
+    latency = observed_latency(best)
+    seen = "not measured yet" if latency is None else f"{latency:.0f} ms observed"
     reason = f"least-latency: {best.name} ({seen})"
     return Route(close_with_fallback([c.name for c in ranked], ctx.fallback), reason)
 
@@ -237,8 +248,18 @@ def apply_budgets(route: Route, ctx: RouteContext) -> Route:
     return Route(route.order, reason, {**route.max_tokens, **caps}, route.confidence_threshold)
 
 
+def estimate_tokens(candidates: tuple[Candidate, ...]) -> tuple[Candidate, ...]:
+    """Candidates with unmeasured token counts set to the mean of the measured ones."""
+    measured = [c.tokens for c in candidates if c.tokens is not None]
+    if not measured or len(measured) == len(candidates):
+        return candidates
+    typical = sum(measured) / len(measured)
+    return tuple(c if c.tokens is not None else replace(c, tokens=typical) for c in candidates)
+
+
 def choose_route(ctx: RouteContext) -> Route:
     """The route for one query under the context's strategy and thinking budgets."""
     if not ctx.candidates:
         raise ValueError("a route needs at least one candidate target")
+    ctx = replace(ctx, candidates=estimate_tokens(ctx.candidates))
     return apply_budgets(STRATEGIES[ctx.strategy](ctx), ctx)
