@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import openai
+import yaml
 
 from modelfleet.devcluster import LocalCluster, find_binaries
 from modelfleet.devcluster.cluster import free_port
@@ -30,7 +32,11 @@ from modelfleet.zoo.skills import SKILLS, Example, Split
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
 ZOO_MODEL = "llama-arith"
+TINY_MODEL = "qwen-tiny"
 DEMO_SEED = 2026
+FLEET = ROOT / "examples" / "fleet"
+ROUTED = {"addition": 2, "sorting": 2, "reversal": 2, "maximum": 2, "facts": 2}
+"""Held-out questions per skill the demo sends through the RoutingPolicy."""
 
 
 def start_operator(cluster: LocalCluster, metrics_port: int, serve_port: int) -> int:
@@ -113,22 +119,29 @@ def show(cluster: LocalCluster, items: list[dict[str, object]], metrics_port: in
         print("  " + line)
 
 
-def wait_for_pool(cluster: LocalCluster, name: str, timeout: float = 300) -> dict[str, Any]:
-    """The pool's status once it serves, printing each new Ready reason on the way."""
+def wait_until_ready(
+    cluster: LocalCluster,
+    resource: str,
+    timeout: float = 300,
+    settled: Callable[[dict[str, Any]], bool] = lambda _: True,
+) -> dict[str, Any]:
+    """The resource's status once it is Ready and ``settled``, printing each new Ready
+    reason on the way."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        pool = json.loads(cluster.kubectl("get", f"modelpool/{name}", "-o", "json"))
-        status = pool.get("status") or {}
-        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        status = json.loads(cluster.kubectl("get", resource, "-o", "json")).get("status") or {}
+        ready: dict[str, Any] = next(
+            (c for c in status.get("conditions", []) if c["type"] == "Ready"), {}
+        )
         line = f"  Ready={ready.get('status')} ({ready.get('reason')}): {ready.get('message')}"
         if line != last:
             print(line, flush=True)
             last = line
-        if ready.get("status") == "True":
+        if ready.get("status") == "True" and settled(status):
             return dict(status)
         time.sleep(2)
-    raise TimeoutError(f"modelpool/{name} did not serve in {timeout}s; see {DEMO / 'operator.log'}")
+    raise TimeoutError(f"{resource} was not ready in {timeout}s; see {DEMO / 'operator.log'}")
 
 
 def ask(client: openai.OpenAI, example: Example) -> str:
@@ -180,20 +193,108 @@ def query_pool(endpoint: str) -> None:
     )
 
 
-def build_zoo_model() -> None:
-    """Train (or find cached) the one zoo model the demo serves, showing progress."""
-    print(f"\nThe pool serves zoo://{ZOO_MODEL}, a tiny Llama trained here on generated skills")
-    started = time.monotonic()
-    path = ensure_model(ZOO_MODEL, progress=lambda line: print(f"  {line}", flush=True))
-    print(f"  ready in {time.monotonic() - started:.0f} s: {path}")
+def build_zoo_models() -> None:
+    """Train (or find cached) the zoo models the demo serves, showing progress."""
+    print(
+        f"\nThe pools serve zoo://{ZOO_MODEL} (a tiny Llama: addition, sorting) and "
+        f"zoo://{TINY_MODEL} (a tinier Qwen2: reversal, sorting, facts, maximum), trained "
+        f"here on generated skills"
+    )
+    for name in (ZOO_MODEL, TINY_MODEL):
+        started = time.monotonic()
+        path = ensure_model(name, progress=lambda line: print(f"  {line}", flush=True))
+        print(f"  ready in {time.monotonic() - started:.0f} s: {path}")
+
+
+def routing_policy() -> dict[str, Any]:
+    """The example RoutingPolicy with prices and profile scores from what the zoo
+    measured: price proportional to parameters, score = held-out accuracy per skill."""
+    policy: dict[str, Any] = yaml.safe_load((FLEET / "skills-router.yaml").read_text())
+    models = {"arith": ZOO_MODEL, "tiny": TINY_MODEL}
+    manifests = {target: read_manifest(model_dir(name)) for target, name in models.items()}
+    spec = policy["spec"]
+    for target in spec["targets"]:
+        manifest = manifests[target["name"]]
+        if manifest is not None:
+            target["costPer1kTokens"] = round(manifest.parameters / 1e6, 3)
+    for profile in spec["capabilityProfiles"]:
+        manifest = manifests[profile["target"]]
+        if manifest is not None:
+            profile["score"] = round(manifest.accuracy[profile["cluster"]], 3)
+    return policy
+
+
+def route_questions(cluster: LocalCluster) -> None:
+    """Held-out questions of every skill through the policy's endpoint: which model
+    answered each, why, and whether it was right; then rate the answers and show what
+    the policy's status learned."""
+    print(f"\n$ kubectl apply -f {FLEET / 'tiny-pool.yaml'}")
+    print("  " + cluster.kubectl("apply", "-f", str(FLEET / "tiny-pool.yaml")).strip())
+    wait_until_ready(cluster, "modelpool/tiny")
+    policy = routing_policy()
+    prices = {t["name"]: t["costPer1kTokens"] for t in policy["spec"]["targets"]}
+    print(f"\nRoutingPolicy skills: cost-of-pass, prices per 1k tokens {prices}")
+    print("  " + cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(policy)).strip())
+    status = wait_until_ready(cluster, "routingpolicy/skills")
+    endpoint = status["endpoint"]
+    print(f"  endpoint {endpoint}")
+    questions = [
+        example
+        for skill, count in ROUTED.items()
+        for example in SKILLS[skill].take(Split.HELDOUT, DEMO_SEED + 1, count)
+    ]
+    client = openai.OpenAI(base_url=endpoint, api_key="unused", max_retries=2, timeout=60)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(lambda e: ask_router(client, e), questions))
+    for example, (answer_id, target, reason, answer) in zip(questions, replies, strict=True):
+        right = answer == example.answer
+        print(
+            f"  {example.prompt:<38} -> {target:<5} {answer:<10} "
+            f"{'right' if right else 'WRONG (expected ' + example.answer + ')'}"
+        )
+        print(f"      why: {reason}")
+        rate = {"id": answer_id, "correct": right}
+        request = urllib.request.Request(
+            f"{endpoint}/feedback",
+            data=json.dumps(rate).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+    correct = sum(r[3] == e.answer for r, e in zip(replies, questions, strict=True))
+    print(f"  {correct}/{len(questions)} right; each answer rated through {endpoint}/feedback")
+    learned = wait_until_ready(
+        cluster, "routingpolicy/skills", 60, lambda s: s.get("feedback", 0) >= len(questions)
+    )
+    print(
+        f"  status: decisions {learned.get('decisions')}, observedQuality "
+        f"{learned.get('observedQuality')}, observedCostPer1kTokens "
+        f"{learned.get('observedCostPer1kTokens'):.3f}"
+    )
+    print("\n$ kubectl get routingpolicy")
+    print(cluster.kubectl("get", "routingpolicy"))
+
+
+def ask_router(client: openai.OpenAI, example: Example) -> tuple[str, str, str, str]:
+    """(response id, target, reason, answer) of one routed question."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="skills", messages=[{"role": "user", "content": example.prompt}], temperature=0
+    )
+    reply = raw.parse()
+    return (
+        reply.id,
+        raw.headers["x-modelfleet-target"],
+        raw.headers["x-modelfleet-route"],
+        reply.choices[0].message.content or "",
+    )
 
 
 def serve_demo(cluster: LocalCluster) -> None:
     print(f"\nServing modelpool/chat (zoo://{ZOO_MODEL}) on a local Ray: Ray Serve, 2 replicas")
-    status = wait_for_pool(cluster, "chat")
+    status = wait_until_ready(cluster, "modelpool/chat")
     endpoint = status["endpoint"]
     print(f"  endpoint {endpoint}")
     query_pool(endpoint)
+    route_questions(cluster)
     print("\n$ kubectl scale modelpool chat --replicas 1   (drains a replica; no stream is cut)")
     print("  " + cluster.kubectl("scale", "modelpool/chat", "--replicas=1").strip())
     deadline = time.monotonic() + 120
@@ -233,7 +334,7 @@ def main() -> int:
     print(f"  API server {cluster.server}, kubeconfig {cluster.kubeconfig}")
     print(cluster.kubectl("apply", "-f", str(ROOT / "crds")).strip())
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    build_zoo_model()
+    build_zoo_models()
     metrics_port = free_port()
     pid = start_operator(cluster, metrics_port, free_port())
     print(f"Starting the operator (backend=local), pid {pid}")
