@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+import yaml
 
 from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
 from modelfleet.scheduling.inventory import describe_node
@@ -105,7 +107,24 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
         "http://chat-serve-serve-svc.ray.svc"
     )
     assert pool["replicasByGpuType"] == [{"gpuType": "cpu", "model": "arith", "replicas": 2}]
+    router = kube.wait_reason("routingpolicy/chat-router", NS, "RayServiceStarting")
+    assert router["status"] == "False"
+
+    def router_app() -> dict[str, Any]:
+        rendered = kube.get("rayservice/chat-router-router", "-n", NS)
+        app: dict[str, Any] = yaml.safe_load(rendered["spec"]["serveConfigV2"])["applications"][0]
+        return app if app["args"]["endpoints"] else {}
+
+    app = wait_for(router_app, 30, "the router to learn its target's endpoint")
+    assert app["import_path"] == "modelfleet.routing.app:build"
+    assert app["args"]["endpoints"] == {"small": pool["endpoint"]}
+    rendered = kube.get("rayservice/chat-router-router", "-n", NS)
+    assert app["args"]["learned"] == []
+    assert rendered["spec"]["rayClusterConfig"]["workerGroupSpecs"] == []
+    _set_status(kube, "rayservice/chat-router-router", {"serviceStatus": "Running"})
     assert kube.wait_reason("routingpolicy/chat-router", NS, "TargetsReady")["status"] == "True"
+    endpoint = kube.get("routingpolicy/chat-router", "-n", NS)["status"]["endpoint"]
+    assert endpoint == "http://chat-router-router-serve-svc.ray.svc:8000/v1"
 
     before = kube.get("rayservice/chat-serve", "-n", NS)["metadata"]["annotations"][
         "modelfleet.io/spec-hash"
@@ -134,7 +153,8 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
     )
     names = sorted(o["metadata"]["name"] for o in _children(kube, "rayjobs"))  # type: ignore[index]
     assert names == ["clinical-notes-fed", "fuse-chat-fusion"]
-    assert [o["metadata"]["name"] for o in _children(kube, "rayservices")] == ["chat-serve"]  # type: ignore[index]
+    services = sorted(o["metadata"]["name"] for o in _children(kube, "rayservices"))  # type: ignore[index]
+    assert services == ["chat-router-router", "chat-serve"]
     assert kube.condition("fedjob/clinical-notes", NS)["reason"] == "Running"
 
 

@@ -33,6 +33,27 @@ JOBS = ("fedjob/clinical-notes", "fusionjob/fuse-chat")
 POOL = "modelpool/chat"
 SERVE_PORT = free_port()
 POOL_BASE = f"http://127.0.0.1:{SERVE_PORT}/{NS}/chat/v1"
+ROUTER_BASE = f"http://127.0.0.1:{SERVE_PORT}/{NS}/routingpolicy/fleet/v1"
+TINY_POOL = """
+apiVersion: modelfleet.io/v1alpha1
+kind: ModelPool
+metadata: {name: tiny}
+spec:
+  models: [{name: mini, uri: "builtin://tiny-llama-mini", maxModelLen: 256}]
+  replicas: 1
+"""
+FLEET = """
+apiVersion: modelfleet.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: fleet}
+spec:
+  targets:
+    - {name: arith, pool: chat, model: arith, costPer1kTokens: 1.0}
+    - {name: tiny, pool: tiny, model: mini, costPer1kTokens: 0.1}
+  strategy: cost-of-pass
+  objectives: {minQuality: 0.3}
+  fallback: arith
+"""
 SERVING_TIMEOUT = 240
 """Starting Ray, Serve and two engine replicas on two shared cores."""
 
@@ -117,6 +138,14 @@ def test_metrics_and_health(kube: Kube, operator: Operator) -> None:
     assert _metrics(operator, "/healthz") == "ok"
 
 
+def test_webhook_rejects_a_policy_whose_pool_does_not_exist(kube: Kube, operator: Operator) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        kube("apply", "-n", NS, "-f", "-", stdin=FLEET.replace("pool: tiny", "pool: nowhere"))
+    assert "spec.targets[1].pool: ModelPool 'nowhere' does not exist in namespace 'local'" in (
+        caught.value.stderr
+    )
+
+
 def test_invalid_spec_past_the_webhook_is_reported_once(kube: Kube, operator: Operator) -> None:
     kube("delete", "validatingwebhookconfiguration", "validate.modelfleet.io")
     bad = (ROOT / "examples" / "invalid" / "fedjob-fedavg-mixed-ranks.yaml").read_text()
@@ -193,6 +222,65 @@ def test_modelpool_serves_through_the_openai_client(
     assert 0 <= attainment <= 1
     series = f'modelfleet_modelpool_slo_attainment_ratio{{name="chat",namespace="{NS}"}}'
     assert wait_for(lambda: series in _metrics(operator), 30, "the attainment series")
+
+
+def _ask(question: str) -> Any:
+    client = openai.OpenAI(base_url=ROUTER_BASE, api_key="unused", max_retries=0, timeout=60)
+    return client.chat.completions.with_raw_response.create(
+        model="fleet",
+        messages=[{"role": "user", "content": question}],
+        temperature=0,
+        max_tokens=8,
+    )
+
+
+@pytest.mark.slow
+def test_a_routing_policy_routes_learns_and_outlives_a_pool(kube: Kube, operator: Operator) -> None:
+    kube("apply", "-n", NS, "-f", "-", stdin=TINY_POOL)
+    kube.wait_reason("modelpool/tiny", NS, "Serving", timeout=SERVING_TIMEOUT)
+    kube.wait_reason(POOL, NS, "Serving", timeout=SERVING_TIMEOUT)
+    kube("apply", "-n", NS, "-f", "-", stdin=FLEET)
+    ready = kube.wait_reason("routingpolicy/fleet", NS, "TargetsReady", timeout=SERVING_TIMEOUT)
+    assert ready["status"] == "True", operator.logs()[-3000:]
+    assert kube.get("routingpolicy/fleet", "-n", NS)["status"]["endpoint"] == ROUTER_BASE
+
+    questions = [("What is 347 + 85?", "432"), ("Sort: c a b", "a b c"), ("What is 12 + 7?", "19")]
+    answered = []
+    for question, answer in questions * 2:
+        raw = _ask(question)
+        reply = raw.parse()
+        correct = reply.choices[0].message.content.strip() == answer
+        feedback = {"id": reply.id, "correct": correct}
+        with urllib.request.urlopen(
+            urllib.request.Request(
+                f"{ROUTER_BASE}/feedback",
+                data=json.dumps(feedback).encode(),
+                headers={"Content-Type": "application/json"},
+            ),
+            timeout=10,
+        ) as response:
+            assert json.loads(response.read())["target"] == raw.headers["x-modelfleet-target"]
+        answered.append(raw.headers["x-modelfleet-target"])
+    assert answered[0] == "tiny", "untried targets look alike, so the cheaper goes first"
+    assert answered[-1] == "arith", f"wrong answers drop mini below minQuality: {answered}"
+
+    def routed() -> dict[str, Any]:
+        status: dict[str, Any] = kube.get("routingpolicy/fleet", "-n", NS)["status"]
+        return status if status.get("feedback") == len(answered) else {}
+
+    status = wait_for(routed, 30, "decisions and feedback in the policy's status")
+    assert sum(status["decisions"].values()) == len(answered)
+    assert 0 <= status["observedQuality"] <= 1 and status["observedCostPer1kTokens"] > 0
+    assert {p["target"] for p in status["profiles"]} == {"tiny", "arith"}
+    series = f'modelfleet_routingpolicy_decisions_total{{name="fleet",namespace="{NS}",'
+    assert wait_for(lambda: series in _metrics(operator), 30, "the decisions series")
+
+    kube("delete", "modelpool/tiny", "-n", NS, "--timeout=60s")
+    for question, _ in questions:
+        assert _ask(question).headers["x-modelfleet-target"] == "arith"
+    degraded = kube.wait_reason("routingpolicy/fleet", NS, "TargetNotFound", timeout=60)
+    assert degraded["status"] == "True" and "routing to ['arith']" in degraded["message"]
+    kube("delete", "routingpolicy/fleet", "-n", NS, "--timeout=60s")
 
 
 @pytest.mark.slow
