@@ -175,6 +175,26 @@ RECIPES: dict[str, Recipe] = {
             warmup_steps=100,
             seed=1,
         ),
+        # The strong tier: a generalist good at every skill, addition included, at 9x the
+        # tiny model's parameters and 2.7x the arithmetic specialist's, so routing has a
+        # reference worth matching and a price worth avoiding. Addition takes three parts
+        # of the mix because carrying is what a small model learns last.
+        Recipe(
+            name="llama-large",
+            architecture=Architecture.LLAMA,
+            tokenizer=TOKENIZERS["zoo-bpe-384"],
+            skills={"addition": 3, "reversal": 1, "sorting": 1, "facts": 1, "maximum": 1},
+            hidden_size=192,
+            layers=4,
+            heads=6,
+            kv_heads=2,
+            intermediate_size=512,
+            steps=3000,
+            batch_size=64,
+            learning_rate=3e-3,
+            warmup_steps=100,
+            seed=12,
+        ),
     )
 }
 """The zoo by name."""
