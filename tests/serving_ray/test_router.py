@@ -72,15 +72,23 @@ def _wait_ready(base: str) -> None:
     raise AssertionError(f"router at {base} never became ready")
 
 
-def _ask(base: str, policy: str, a: int, b: int, **extra: Any) -> Any:
+def _question(policy: str, a: int, b: int) -> dict[str, Any]:
+    return {
+        "model": policy,
+        "messages": [{"role": "user", "content": f"What is {a} + {b}?"}],
+        "temperature": 0,
+        "max_tokens": 8,
+    }
+
+
+def _ask(base: str, policy: str, a: int, b: int) -> Any:
     """One routed chat question, with the raw response so headers can be read."""
-    return client(base).chat.completions.with_raw_response.create(
-        model=policy,
-        messages=[{"role": "user", "content": f"What is {a} + {b}?"}],
-        temperature=0,
-        max_tokens=8,
-        **extra,
-    )
+    return client(base).chat.completions.with_raw_response.create(**_question(policy, a, b))
+
+
+def _stream(base: str, policy: str, a: int, b: int) -> list[Any]:
+    """The chunks of one routed chat question, streamed."""
+    return list(client(base).chat.completions.create(**_question(policy, a, b), stream=True))
 
 
 def _status(base: str) -> dict[str, Any]:
@@ -134,15 +142,7 @@ def test_a_failing_target_falls_through_and_streams_relay(routers: Any, pool: st
     assert whole.headers["x-modelfleet-target"] == "big"
     expected = whole.parse().choices[0].message.content
     assert expected == "432"
-    chunks = list(
-        client(base).chat.completions.create(
-            model="fall",
-            messages=[{"role": "user", "content": "What is 347 + 85?"}],
-            temperature=0,
-            max_tokens=8,
-            stream=True,
-        )
-    )
+    chunks = _stream(base, "fall", 347, 85)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
     assert all(c.usage is None for c in chunks), "usage only when the client asks for it"
     with_usage = list(
@@ -172,15 +172,7 @@ def test_cascade_escalates_only_when_unsure(routers: Any) -> None:
     raw = _ask(base, "lax", 455, 31)
     assert raw.headers["x-modelfleet-target"] == "tiny"
     assert re.search(r"stage 1 tiny confident", raw.headers["x-modelfleet-route"])
-    streamed = list(
-        client(base).chat.completions.create(
-            model="lax",
-            messages=[{"role": "user", "content": "What is 455 + 31?"}],
-            temperature=0,
-            max_tokens=8,
-            stream=True,
-        )
-    )
+    streamed = _stream(base, "lax", 455, 31)
     text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     assert text == raw.parse().choices[0].message.content
 
