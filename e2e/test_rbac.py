@@ -148,7 +148,10 @@ def test_operator_needs_nothing_beyond_the_chart_role(
     jobs = {EXAMPLES[r] for r, reason in reasons.items() if reason == "RayJobStarting"}
     assert jobs and reasons["modelpool/chat"] == "RayServiceStarting", reasons
     wait_for(lambda: owners("rayjobs") == jobs, 60, f"the RayJobs of {jobs}")
-    wait_for(lambda: owners("rayservices") == {"ModelPool"}, 60, "the ModelPool's RayService")
+    services = {"ModelPool", "RoutingPolicy"}
+    wait_for(
+        lambda: owners("rayservices") == services, 60, "the pool's and the router's RayServices"
+    )
     wait_for(
         lambda: kube.get("events", "-n", WORKLOADS)["items"],
         60,
