@@ -96,7 +96,7 @@ def deploy(config: dict[str, Any], name: str, route_prefix: str = "/") -> None:
     if name in serve.status().applications:
         serve.get_app_handle(name).apply.remote(config).result()
         return
-    run_application(build(config), name, route_prefix)
+    run_application(lambda: build(config), name, route_prefix)
 
 
 def app_status(name: str, route_prefix: str = "/") -> dict[str, Any]:

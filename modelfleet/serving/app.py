@@ -109,7 +109,7 @@ def deploy(spec_wire: dict[str, Any], name: str, route_prefix: str = "/") -> Non
         handle = serve.get_app_handle(name)
         if handle.apply.remote(spec.to_wire(), options.to_wire()).result():
             return
-    run_application(build(spec_wire), name, route_prefix)
+    run_application(lambda: build(spec_wire), name, route_prefix)
 
 
 def app_status(name: str, route_prefix: str = "/") -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 from ray import serve
 
 from modelfleet.routing.app import deploy as deploy_router
+from modelfleet.serving.app import deploy as deploy_pool
 from tests.serving_ray.conftest import MAX_MODEL_LEN, MINI_URI, URIS, ZOO, client, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -211,3 +213,24 @@ def test_models_and_bad_requests_are_named(routers: Any) -> None:
         _ask(base, "nope", 1, 2)
     bad = httpx.post(f"{base}/v1/feedback", json={"id": 3}, timeout=10)
     assert bad.status_code == 400 and "correct" in bad.json()["error"]["message"]
+
+
+def test_a_pool_and_its_router_deploy_together(serve_url: str) -> None:
+    """Ray toggles pickling by value process-wide while it builds an application; both
+    rollouts, started at once on two threads, must still succeed."""
+    spec = {**SPEC, "models": SPEC["models"][1:]}  # type: ignore[index]
+    policy = {"targets": [TINY]}
+    config = {"policyName": "together", "policy": policy, "endpoints": {}}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        rollouts = [
+            pool.submit(deploy_pool, spec, name="together-pool", route_prefix="/together-pool"),
+            pool.submit(deploy_router, config, name="together", route_prefix="/together"),
+        ]
+        for rollout in rollouts:
+            rollout.result(timeout=240)
+    try:
+        assert httpx.get(f"{serve_url}/together/v1/models", timeout=10).status_code == 200
+        assert httpx.get(f"{serve_url}/together-pool/v1/models", timeout=10).status_code == 200
+    finally:
+        serve.delete("together")
+        serve.delete("together-pool")
