@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import yaml
+from result_lines import print_result
 
 from modelfleet.devcluster import LocalCluster, find_binaries
 from modelfleet.devcluster.cluster import free_port
@@ -112,6 +113,11 @@ def main() -> int:
         f"time {large_s / small_s:.2f}x, time per resource {large_s / small_s / scale:.2f}x, "
         f"RSS {large_rss / small_rss:.2f}x"
     )
+    print_result(
+        f"operator_time_per_resource_ratio_{args.large}_vs_{args.small}",
+        large_s / small_s / scale,
+    )
+    print_result(f"operator_rss_mib_{args.large}", large_rss)
     return 0
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from result_lines import print_result, slug
+
 from modelfleet.scheduling.costmodel import CostCoefficients, ModelSpec
 from modelfleet.scheduling.inventory import Inventory, describe_node, read_inventory
 from modelfleet.scheduling.placement import (
@@ -72,19 +74,25 @@ def describe(placement: Placement) -> str:
     )
 
 
-def compare(title: str, model: ModelSpec, inventory: Inventory, space: SearchSpace) -> None:
+def compare(
+    title: str, model: ModelSpec, inventory: Inventory, space: SearchSpace
+) -> dict[str, float]:
+    """Print each planner's placement; return its iteration time over NIC-aware's."""
     coefficients = CostCoefficients()
     results = {name: plan(model, inventory, space, coefficients) for name, plan in PLANNERS.items()}
     reference = results["nic-aware"]
     print(title)
+    ratios = {}
     for name, result in results.items():
         if not isinstance(result, Placement) or not isinstance(reference, Placement):
             print(f"  {name:15s} unschedulable: {getattr(result, 'reason', '')}")
             continue
         ratio = result.iteration_s / reference.iteration_s
+        ratios[name] = ratio
         print(
             f"  {name:15s} {result.iteration_s:8.2f} s  {ratio:6.2f}x nic-aware  {describe(result)}"
         )
+    return ratios
 
 
 TWO_NODE_STAGES = (Layout(tp=8, pp=3, dp=2, sp=1), Layout(tp=4, pp=3, dp=2, sp=2))
@@ -96,12 +104,18 @@ def main() -> None:
         f"{len(inventory.devices)} GPUs on {len(inventory.nodes)} nodes; "
         "ratios are iteration time / NIC-aware iteration time"
     )
+    headline: dict[str, float] = {}
     for name, model in MODELS.items():
-        compare(f"{name}: best layout per strategy", model, inventory, SearchSpace())
+        best = compare(f"{name}: best layout per strategy", model, inventory, SearchSpace())
+        for planner, ratio in best.items():
+            if planner != "nic-aware":
+                headline[f"placement_speedup_vs_{slug(planner)}_{slug(name)}"] = ratio
         for layout in TWO_NODE_STAGES:
             only = SearchSpace(tp=(layout.tp,), pp=(layout.pp,), dp=(layout.dp,), sp=(layout.sp,))
             title = f"{name}: tp{layout.tp} pp{layout.pp} dp{layout.dp} sp{layout.sp} for all"
             compare(title, model, inventory, only)
+    for result_name, value in headline.items():
+        print_result(result_name, value)
 
 
 if __name__ == "__main__":

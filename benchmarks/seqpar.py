@@ -17,6 +17,7 @@ import statistics
 from collections.abc import Callable
 
 import numpy as np
+from result_lines import print_result, slug
 
 from modelfleet.scheduling.costmodel import ModelSpec
 from modelfleet.scheduling.inventory import describe_node, read_inventory
@@ -70,7 +71,9 @@ DISTRIBUTIONS: dict[str, Sampler] = {
 }
 
 
-def run(name: str, sample: Sampler, setup: SeqParSetup) -> None:
+def run(name: str, sample: Sampler, setup: SeqParSetup) -> tuple[float, float, float]:
+    """Print one distribution's comparison; return (static / adaptive, adaptive / bound,
+    max solve ms)."""
     rng = np.random.default_rng(7)
     steps = [sample(rng).tolist() for _ in range(STEPS)]
     plan_sequence_parallel(steps[0], setup)
@@ -92,6 +95,7 @@ def run(name: str, sample: Sampler, setup: SeqParSetup) -> None:
     print(f"  static / adaptive   {static / adaptive:8.3f}x")
     print(f"  adaptive / bound    {adaptive / bound:8.3f}x")
     print(f"  solve ms            p50 {statistics.median(solve):.1f}  max {max(solve):.1f}")
+    return static / adaptive, adaptive / bound, max(solve)
 
 
 def main() -> None:
@@ -100,8 +104,13 @@ def main() -> None:
         f"{sum(len(p.devices) for p in setup.pools)} GPUs in {len(setup.pools)} pools, "
         f"{BATCH} sequences per step"
     )
+    solve_max = 0.0
     for name, sample in DISTRIBUTIONS.items():
-        run(name, sample, setup)
+        speedup, over_bound, solve_ms = run(name, sample, setup)
+        print_result(f"seqpar_speedup_vs_best_static_{slug(name)}", speedup)
+        print_result(f"seqpar_adaptive_over_bound_{slug(name)}", over_bound)
+        solve_max = max(solve_max, solve_ms)
+    print_result("seqpar_solve_ms_max", solve_max)
 
 
 if __name__ == "__main__":

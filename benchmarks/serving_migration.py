@@ -22,6 +22,7 @@ import statistics
 from dataclasses import replace
 
 import ray
+from result_lines import print_result
 
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel
 from modelfleet.serving.frontend import ServingOptions, pool_settings
@@ -56,8 +57,9 @@ async def migrate_once(
     return report, [first.token_id, *await tokens_of(stream)]
 
 
-async def measure(lengths: list[int], repeats: int) -> None:
-    """Print downtime per length for staged and stop-and-copy migration."""
+async def measure(lengths: list[int], repeats: int) -> dict[int, tuple[float, float]]:
+    """Print downtime per length for staged and stop-and-copy migration; return the
+    median (staged, stop-and-copy) downtime in seconds by length."""
     longest = max(lengths) + DECODE_TOKENS + 16
     model = ServedModel(name="tiny", uri="builtin://tiny-llama", max_model_len=longest)
     spec = ModelPoolSpec(models=[model], replicas=2)
@@ -65,6 +67,7 @@ async def measure(lengths: list[int], repeats: int) -> None:
     manager = PoolManager(pool_settings(model, spec, options, "migbench"))
     await manager.configure(2, migration=False, max_concurrent=2)
     print(f"{'tokens':>7} {'staged ms':>10} {'stop-and-copy ms':>17} {'ratio':>7}  blocks")
+    medians = {}
     for length in lengths:
         prompt = [(31 * i + 7) % 256 for i in range(length)]
         downtimes: dict[int, list[float]] = {4: [], 0: []}
@@ -81,8 +84,10 @@ async def measure(lengths: list[int], repeats: int) -> None:
         assert len(outputs) == 1, "a migration changed the output"
         staged, full = (statistics.median(downtimes[r]) for r in (4, 0))
         ratio = full / staged
+        medians[length] = (staged, full)
         print(f"{length:7d} {staged * 1e3:10.1f} {full * 1e3:17.1f} {ratio:6.1f}x  {blocks}")
     await manager.shutdown()
+    return medians
 
 
 def main() -> None:
@@ -92,8 +97,15 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    asyncio.run(measure(args.lengths, args.repeats))
+    medians = asyncio.run(measure(args.lengths, args.repeats))
     ray.shutdown()
+    shortest, longest = min(medians), max(medians)
+    print_result(
+        f"migration_downtime_growth_{shortest}_to_{longest}",
+        medians[longest][0] / medians[shortest][0],
+    )
+    staged, full = medians[longest]
+    print_result(f"migration_stop_and_copy_over_staged_at_{longest}", full / staged)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
+from result_lines import print_result, slug
 
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel
 from modelfleet.serving.dispatch import DispatchPolicy
@@ -186,6 +187,10 @@ def main() -> None:
             + f"TTFT p50 {base_ttft[0] / pool_ttft[0]:.2f}x  p99 {base_ttft[1] / pool_ttft[1]:.2f}x"
             f"   E2E p50 {base_e2e[0] / pool_e2e[0]:.2f}x  p99 {base_e2e[1] / pool_e2e[1]:.2f}x"
         )
+    for label, (base_ttft, base_e2e) in results.items():
+        if label != POOL:
+            print_result(f"trace_p99_ttft_speedup_vs_{slug(label)}", base_ttft[1] / pool_ttft[1])
+            print_result(f"trace_p99_e2e_speedup_vs_{slug(label)}", base_e2e[1] / pool_e2e[1])
 
 
 if __name__ == "__main__":
