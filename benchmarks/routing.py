@@ -59,6 +59,7 @@ from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+from result_lines import print_result
 
 from modelfleet.api.routingpolicy import Strategy
 from modelfleet.routing.clusters import learn_clusters, representatives
@@ -796,8 +797,8 @@ async def run(args: argparse.Namespace, serve_url: str, prices: dict[str, float]
     for suffix, outcome in [("", best), *(("_" + o.name.replace("-", "_"), o) for o in outcomes)]:
         quality = outcome.accuracy / reference_outcome.accuracy
         cost = outcome.cost / reference_outcome.cost
-        print(f"RESULT routing_quality_vs_strongest{suffix} {quality:.3f}")
-        print(f"RESULT routing_cost_vs_strongest{suffix} {cost:.3f}")
+        print_result(f"routing_quality_vs_strongest{suffix}", quality)
+        print_result(f"routing_cost_vs_strongest{suffix}", cost)
 
 
 def main() -> None:
