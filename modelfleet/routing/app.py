@@ -43,10 +43,6 @@ class RouterIngress:
         else:
             self._router.configure(config)
 
-    async def apply(self, config: dict[str, Any]) -> None:
-        """Apply a changed policy or endpoints in place (the operator's update path)."""
-        await self.reconfigure(config)
-
     async def __del__(self) -> None:
         if self._router is not None:
             await self._router.close()
@@ -94,7 +90,7 @@ def build(args: dict[str, Any]) -> Application:
 def deploy(config: dict[str, Any], name: str, route_prefix: str = "/") -> None:
     """Deploy the router ``name`` on the connected Ray, or update the running one in place."""
     if name in serve.status().applications:
-        serve.get_app_handle(name).apply.remote(config).result()
+        serve.get_app_handle(name).reconfigure.remote(config).result()
         return
     run_application(lambda: build(config), name, route_prefix)
 

@@ -114,19 +114,23 @@ class Router:
         self._client: httpx.AsyncClient | None = None
         self._index: ClusterIndex | None = None
         self._config = parsed
-        self.configure(config)
+        self._apply(parsed)
 
     def configure(self, config: dict[str, Any]) -> None:
         """Apply a new policy or new endpoints in place; what was learned is kept."""
         parsed = RouterConfig.model_validate(config)
-        spec = parsed.policy
-        clusters_changed = spec.query_clusters != self._config.policy.query_clusters
-        self._config = parsed
-        self._book.set_priors({(p.target, p.cluster): p.score for p in spec.capability_profiles})
-        for target in spec.targets:
-            self._telemetry.setdefault(target.name, TargetTelemetry())
-        if clusters_changed or (self._index is None and spec.query_clusters):
+        if parsed.policy.query_clusters != self._config.policy.query_clusters:
             self._index = None
+        self._config = parsed
+        self._apply(parsed)
+
+    def _apply(self, config: RouterConfig) -> None:
+        """Priors, telemetry slots and the by-name view of the current policy's targets."""
+        spec = config.policy
+        self._targets = {target.name: target for target in spec.targets}
+        self._book.set_priors({(p.target, p.cluster): p.score for p in spec.capability_profiles})
+        for name in self._targets:
+            self._telemetry.setdefault(name, TargetTelemetry())
 
     async def close(self) -> None:
         if self._client is not None:
@@ -159,10 +163,10 @@ class Router:
 
     def _pinned_target(self, model: Any) -> str | None:
         """A target named as ``model`` is used as is; the policy's name routes."""
-        names = [t.name for t in self._config.policy.targets]
+        names = list(self._targets)
         if model == self._config.policy_name:
             return None
-        if model in names:
+        if model in self._targets:
             return str(model)
         raise ApiError(
             404,
@@ -286,8 +290,7 @@ class Router:
         return await self._forward(query, escalated, route.order[-1:])
 
     def _upstream_payload(self, query: Query, route: Route, target: str) -> dict[str, Any]:
-        spec_target = next(t for t in self._config.policy.targets if t.name == target)
-        payload = {**query.payload, "model": spec_target.model}
+        payload = {**query.payload, "model": self._targets[target].model}
         return cap_tokens(payload, query.chat, route.max_tokens.get(target))
 
     def _url(self, target: str, chat: bool) -> str:
@@ -366,19 +369,16 @@ class Router:
         """Relay the stream; keep the usage event only if the client asked for it."""
         answer: dict[str, Any] = {}
         try:
-            line: str | None = first
-            while line is not None:
+            async for line in _prepend(first, lines):
                 event = event_payload(line)
                 if event is not None:
                     answer.setdefault("id", event.get("id"))
                     if event.get("usage") and not event.get("choices"):
                         answer["usage"] = event["usage"]
                         if not query.wants_usage:
-                            line = await anext(lines, None)
                             continue
                 if line:
                     yield line + "\n\n"
-                line = await anext(lines, None)
         finally:
             await response.aclose()
             answer["_latency_ms"] = 1000.0 * (time.monotonic() - started)
@@ -390,8 +390,7 @@ class Router:
         self._telemetry[target].record_failure(time.monotonic())
 
     def _spend(self, target: str, answer: dict[str, Any]) -> None:
-        cost = next(t.cost_per_1k_tokens for t in self._config.policy.targets if t.name == target)
-        self._ledger.record_spend(total_tokens(answer), cost)
+        self._ledger.record_spend(total_tokens(answer), self._targets[target].cost_per_1k_tokens)
 
     def _record_answer(
         self, query: Query, target: str, answer: dict[str, Any], ttft_ms: float | None = None
@@ -476,6 +475,13 @@ async def _first_event(lines: AsyncIterator[str]) -> str:
         if line.startswith("data:"):
             return line
     raise httpx.RemoteProtocolError("the stream ended without an event")
+
+
+async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    """``first``, then every line of ``rest``."""
+    yield first
+    async for line in rest:
+        yield line
 
 
 async def _iterate(events: list[str]) -> AsyncIterator[str]:
