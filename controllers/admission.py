@@ -15,6 +15,7 @@ from controllers.routingpolicy import observe_pools
 from modelfleet.api.errors import format_validation_error
 from modelfleet.api.registry import KINDS, KindInfo
 from modelfleet.api.routingpolicy import RoutingPolicySpec
+from modelfleet.routing.plan import MISSING_POOL, unresolved_targets
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,20 @@ def check_targets(spec: BaseModel, namespace: str, old: dict[str, Any]) -> str |
     except ApiException as error:
         log.warning("could not list ModelPools to check a RoutingPolicy: %s", error.reason)
         return None
+    unresolved = unresolved_targets(spec, pools)
     for index, target in enumerate(spec.targets):
-        if (target.pool, target.model) in known:
+        why = unresolved.get(target.name)
+        if (target.pool, target.model) in known or why is None:
             continue
-        pool = pools.get(target.pool)
-        if pool is None:
+        if why == MISSING_POOL:
             return (
                 f"spec.targets[{index}].pool: ModelPool {target.pool!r} does not exist in "
                 f"namespace {namespace!r}; create the pool first or fix the name"
             )
-        if target.model not in pool.models:
-            return (
-                f"spec.targets[{index}].model: ModelPool {target.pool!r} serves "
-                f"{sorted(pool.models)}, not {target.model!r}"
-            )
+        return (
+            f"spec.targets[{index}].model: ModelPool {target.pool!r} serves "
+            f"{sorted(pools[target.pool].models)}, not {target.model!r}"
+        )
     return None
 
 

@@ -59,6 +59,23 @@ def plan_router(
     )
 
 
+MISSING_POOL = "pool"
+MISSING_MODEL = "model"
+
+
+def unresolved_targets(spec: RoutingPolicySpec, pools: dict[str, PoolView]) -> dict[str, str]:
+    """Targets that cannot resolve, by name: ``MISSING_POOL`` when their ModelPool is not
+    in the namespace, ``MISSING_MODEL`` when the pool does not serve their model."""
+    unresolved = {}
+    for target in spec.targets:
+        pool = pools.get(target.pool)
+        if pool is None:
+            unresolved[target.name] = MISSING_POOL
+        elif target.model not in pool.models:
+            unresolved[target.name] = MISSING_MODEL
+    return unresolved
+
+
 def _target_verdict(
     spec: RoutingPolicySpec, pools: dict[str, PoolView], failing: list[str]
 ) -> tuple[bool, str, str, list[str]]:
@@ -68,17 +85,13 @@ def _target_verdict(
     because it is a mistake the user can fix, unlike a pool that is still starting. The
     policy stays Ready (and Degraded) while any target can answer: its endpoint does.
     """
-    missing = [t.name for t in spec.targets if t.pool not in pools]
-    unknown = [
-        t.name for t in spec.targets if t.pool in pools and t.model not in pools[t.pool].models
-    ]
+    unresolved = unresolved_targets(spec, pools)
+    missing = [name for name, why in unresolved.items() if why == MISSING_POOL]
+    unknown = [name for name, why in unresolved.items() if why == MISSING_MODEL]
     ready = [
         t.name
         for t in spec.targets
-        if t.pool in pools
-        and pools[t.pool].ready
-        and t.name not in failing
-        and t.name not in unknown
+        if t.name not in unresolved and pools[t.pool].ready and t.name not in failing
     ]
     waiting = [t.name for t in spec.targets if t.name not in ready]
     routing = f"routing to {ready}; " if ready else ""
