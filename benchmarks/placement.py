@@ -1,22 +1,33 @@
-"""NIC-aware placement vs NIC-oblivious baselines and the all-RDMA ideal on a mixed cluster.
+"""NIC-aware placement vs the placements a cluster gives without it, and the all-RDMA ideal.
 
-Cluster: two InfiniBand islands of 2 x 8 H100, one RoCE island of 2 x 8 A100-80GB, one
-Ethernet-only node of 8 L4. Every strategy searches the same layout space and is priced
-by the same cost model with the same speed-aware layer split, so they differ only in where
-ranks go. Printed are iteration times and ratios against NIC-aware:
+Two clusters: "mixed" (two InfiniBand islands of 2 x 8 H100, a RoCE island of 2 x 8
+A100-80GB, an Ethernet-only node of 8 L4) and "uneven" (two InfiniBand islands of 3 x 8
+H100 and a RoCE island of 2 x 8 A100-80GB, islands not a multiple of a two-node stage),
+nodes listed by name as the API returns them (islands interleaved). Every strategy searches
+the same layout space and is priced by the same cost model with the same speed-aware layer
+split, so they differ only in where ranks go:
 
-- best layout per strategy (each planner free to choose its layout);
-- layouts whose stages span two nodes imposed on every strategy: there placement alone
-  decides whether TP/SP/DP collectives cross Ethernet.
+- island packing: nodes sorted by island label, ranks fill them in order;
+- the default scheduler: nodes in the arbitrary order pods land on them, ranks
+  node-contiguous, over SEEDS orders (mean ratio with a 95% bootstrap interval, and worst);
+- round-robin (ranks dealt one node at a time), kept as a footnote: no launcher does it;
+- the all-RDMA ideal: the NIC-aware search as if every inter-node link were RDMA.
 
-Run: ``python benchmarks/placement.py`` (a few seconds).
+Views: each strategy's best layout, and layouts whose stages span two nodes imposed on all
+(there placement alone decides whether TP/SP/DP collectives cross Ethernet). Headlines are
+geometric means over every cluster, model and view.
+
+Run: ``python benchmarks/placement.py`` (about half a minute).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from functools import partial
 
-from result_lines import print_result, slug
+import numpy as np
+from result_lines import print_result
 
 from modelfleet.scheduling.costmodel import CostCoefficients, ModelSpec
 from modelfleet.scheduling.inventory import Inventory, describe_node, read_inventory
@@ -26,16 +37,19 @@ from modelfleet.scheduling.placement import (
     Result,
     SearchSpace,
     plan_all_rdma,
-    plan_packed,
+    plan_default_scheduler,
+    plan_island_packed,
     plan_placement,
     plan_round_robin,
 )
 
+SEEDS = range(10)
 Planner = Callable[[ModelSpec, Inventory, SearchSpace | None, CostCoefficients | None], Result]
 PLANNERS: dict[str, Planner] = {
     "nic-aware": plan_placement,
+    "island packing": plan_island_packed,
+    **{f"default scheduler {seed}": partial(plan_default_scheduler, seed=seed) for seed in SEEDS},
     "round-robin": plan_round_robin,
-    "packed": plan_packed,
     "all-rdma ideal": plan_all_rdma,
 }
 MODELS = {
@@ -48,20 +62,43 @@ MODELS = {
 }
 
 
+H100 = "NVIDIA-H100-80GB-HBM3"
+A100 = "NVIDIA-A100-SXM4-80GB"
+
+
 def mixed_cluster() -> Inventory:
     """Nodes in the order the API lists them (by name), which says nothing about islands."""
-    h100 = "NVIDIA-H100-80GB-HBM3"
     return read_inventory(
         [
-            describe_node("gpu-01", h100, 8, "infiniband", "ib-a"),
-            describe_node("gpu-02", h100, 8, "infiniband", "ib-b"),
-            describe_node("gpu-03", "NVIDIA-A100-SXM4-80GB", 8, "roce", "roce"),
-            describe_node("gpu-04", h100, 8, "infiniband", "ib-a"),
-            describe_node("gpu-05", h100, 8, "infiniband", "ib-b"),
-            describe_node("gpu-06", "NVIDIA-A100-SXM4-80GB", 8, "roce", "roce"),
+            describe_node("gpu-01", H100, 8, "infiniband", "ib-a"),
+            describe_node("gpu-02", H100, 8, "infiniband", "ib-b"),
+            describe_node("gpu-03", A100, 8, "roce", "roce"),
+            describe_node("gpu-04", H100, 8, "infiniband", "ib-a"),
+            describe_node("gpu-05", H100, 8, "infiniband", "ib-b"),
+            describe_node("gpu-06", A100, 8, "roce", "roce"),
             describe_node("gpu-07", "NVIDIA-L4", 8, **{"modelfleet.io/nic-gbps": "25"}),
         ]
     )
+
+
+def uneven_cluster() -> Inventory:
+    """Islands of three nodes: a two-node stage cut in rank order straddles two islands."""
+    islands = ["ib-a", "ib-b", "roce", "ib-a", "ib-b", "roce", "ib-a", "ib-b"]
+    return read_inventory(
+        [
+            describe_node(
+                f"gpu-{i + 1:02d}",
+                A100 if island == "roce" else H100,
+                8,
+                "roce" if island == "roce" else "infiniband",
+                island,
+            )
+            for i, island in enumerate(islands)
+        ]
+    )
+
+
+CLUSTERS = {"mixed": mixed_cluster, "uneven": uneven_cluster}
 
 
 def describe(placement: Placement) -> str:
@@ -77,45 +114,92 @@ def describe(placement: Placement) -> str:
 def compare(
     title: str, model: ModelSpec, inventory: Inventory, space: SearchSpace
 ) -> dict[str, float]:
-    """Print each planner's placement; return its iteration time over NIC-aware's."""
+    """Print each strategy's placement; return its iteration time over NIC-aware's
+    (``inf`` where it cannot place the layout)."""
     coefficients = CostCoefficients()
     results = {name: plan(model, inventory, space, coefficients) for name, plan in PLANNERS.items()}
     reference = results["nic-aware"]
+    assert isinstance(reference, Placement), getattr(reference, "reason", "")
     print(title)
     ratios = {}
     for name, result in results.items():
-        if not isinstance(result, Placement) or not isinstance(reference, Placement):
-            print(f"  {name:15s} unschedulable: {getattr(result, 'reason', '')}")
+        if not isinstance(result, Placement):
+            ratios[name] = math.inf
+            if not name.startswith("default scheduler"):
+                print(f"  {name:15s} unschedulable: {getattr(result, 'reason', '')}")
             continue
-        ratio = result.iteration_s / reference.iteration_s
-        ratios[name] = ratio
-        print(
-            f"  {name:15s} {result.iteration_s:8.2f} s  {ratio:6.2f}x nic-aware  {describe(result)}"
-        )
+        ratios[name] = result.iteration_s / reference.iteration_s
+        if not name.startswith("default scheduler"):
+            print(
+                f"  {name:15s} {result.iteration_s:8.2f} s  {ratios[name]:6.2f}x nic-aware  "
+                f"{describe(result)}"
+            )
+    shuffled = np.array([ratios.pop(f"default scheduler {seed}") for seed in SEEDS])
+    placed = shuffled[np.isfinite(shuffled)]
+    ratios["default scheduler"] = float(placed.mean()) if len(placed) else math.inf
+    low, high = bootstrap_mean(placed)
+    print(
+        f"  {'default sched.':15s} mean {ratios['default scheduler']:.2f}x nic-aware "
+        f"[{low:.2f}, {high:.2f}], worst {placed.max() if len(placed) else math.nan:.2f}x, "
+        f"{len(shuffled) - len(placed)} of {len(shuffled)} node orders do not fit"
+    )
     return ratios
+
+
+def bootstrap_mean(values: np.ndarray) -> tuple[float, float]:
+    """95% bootstrap interval of the mean."""
+    if len(values) == 0:
+        return math.nan, math.nan
+    picks = np.random.default_rng(0).integers(0, len(values), (2000, len(values)))
+    low, high = np.percentile(values[picks].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def geometric_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in finite) / len(finite))
 
 
 TWO_NODE_STAGES = (Layout(tp=8, pp=3, dp=2, sp=1), Layout(tp=4, pp=3, dp=2, sp=2))
 
 
 def main() -> None:
-    inventory = mixed_cluster()
-    print(
-        f"{len(inventory.devices)} GPUs on {len(inventory.nodes)} nodes; "
-        "ratios are iteration time / NIC-aware iteration time"
+    rows: list[dict[str, float]] = []
+    for cluster_name, build in CLUSTERS.items():
+        inventory = build()
+        print(
+            f"== {cluster_name}: {len(inventory.devices)} GPUs on {len(inventory.nodes)} nodes; "
+            "ratios are iteration time / NIC-aware iteration time"
+        )
+        for name, model in MODELS.items():
+            title = f"{cluster_name}, {name}: best layout per strategy"
+            rows.append(compare(title, model, inventory, SearchSpace()))
+            for layout in TWO_NODE_STAGES:
+                only = SearchSpace(
+                    tp=(layout.tp,), pp=(layout.pp,), dp=(layout.dp,), sp=(layout.sp,)
+                )
+                title = (
+                    f"{cluster_name}, {name}: tp{layout.tp} pp{layout.pp} dp{layout.dp} "
+                    f"sp{layout.sp} for all"
+                )
+                rows.append(compare(title, model, inventory, only))
+    for name in ("island packing", "default scheduler", "round-robin"):
+        unplaced = sum(not math.isfinite(row[name]) for row in rows)
+        print(
+            f"{name}: geometric mean {geometric_mean([row[name] for row in rows]):.3f}x over "
+            f"{len(rows) - unplaced} rows ({unplaced} it cannot place)"
+        )
+    print_result(
+        "placement_speedup_vs_island_packing", geometric_mean([r["island packing"] for r in rows])
     )
-    headline: dict[str, float] = {}
-    for name, model in MODELS.items():
-        best = compare(f"{name}: best layout per strategy", model, inventory, SearchSpace())
-        for planner, ratio in best.items():
-            if planner != "nic-aware":
-                headline[f"placement_speedup_vs_{slug(planner)}_{slug(name)}"] = ratio
-        for layout in TWO_NODE_STAGES:
-            only = SearchSpace(tp=(layout.tp,), pp=(layout.pp,), dp=(layout.dp,), sp=(layout.sp,))
-            title = f"{name}: tp{layout.tp} pp{layout.pp} dp{layout.dp} sp{layout.sp} for all"
-            compare(title, model, inventory, only)
-    for result_name, value in headline.items():
-        print_result(result_name, value)
+    print_result(
+        "placement_speedup_vs_default_scheduler",
+        geometric_mean([r["default scheduler"] for r in rows]),
+    )
+    print_result("placement_over_ideal", geometric_mean([1 / r["all-rdma ideal"] for r in rows]))
+    print_result(
+        "placement_speedup_vs_round_robin", geometric_mean([r["round-robin"] for r in rows])
+    )
 
 
 if __name__ == "__main__":

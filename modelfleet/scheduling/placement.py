@@ -10,14 +10,18 @@ NIC-aware planning
 For each layout in the search space: cut every island (or Ethernet-only node) into stage
 slots made of whole TP blocks (a TP block never leaves a node), fastest GPUs first; choose
 how many stages to take from each class of identical islands (every split is tried); order
-stages by island so that only island boundaries cross Ethernet; give each stage layers in
+stages by island so that only island boundaries cross Ethernet; also try the fastest
+islands packed in a row, where a stage may straddle two islands (its DP all-reduce then
+crosses Ethernet once a step, which can beat leaving fast GPUs idle); give each stage layers in
 proportion to its speed within its memory (``allocate_layers``); price the iteration with
 the cost model. The cheapest wins.
 
 Baselines, priced by the same model and given the same speed-aware layer allocation, so
-that they differ from NIC-aware planning only in where ranks go: ``plan_round_robin``
-(ranks dealt to nodes in turn), ``plan_packed`` (ranks fill nodes in inventory order) and
-``plan_all_rdma`` (the NIC-aware search on the same GPUs as if every link were RDMA).
+that they differ from NIC-aware planning only in where ranks go: ``plan_island_packed``
+(ranks fill nodes sorted by island label), ``plan_default_scheduler`` (nodes in arbitrary
+order, ranks node-contiguous), ``plan_packed`` (ranks fill nodes in inventory order),
+``plan_round_robin`` (ranks dealt to nodes in turn) and ``plan_all_rdma`` (the NIC-aware
+search on the same GPUs as if every link were RDMA).
 
 Layouts and rank order live in ``parallel_layout``, pricing in ``iteration_cost``, stage
 enumeration in ``stage_candidates``.
@@ -44,7 +48,9 @@ from modelfleet.scheduling.stage_candidates import (
     Candidates,
     deal_round_robin,
     enumerate_fabric_stages,
-    enumerate_island_stages,
+    enumerate_nic_aware_stages,
+    shuffle_nodes,
+    sort_by_island,
     stage_in_order,
 )
 
@@ -87,7 +93,7 @@ def plan_placement(
 ) -> Result:
     """NIC-aware placement: collectives inside islands, pipeline across them."""
     planner = _Planner.create(model, space, coefficients, usable_fraction, all_rdma=False)
-    return planner.search(inventory, "nic-aware", enumerate_island_stages)
+    return planner.search(inventory, "nic-aware", enumerate_nic_aware_stages)
 
 
 def plan_all_rdma(
@@ -124,6 +130,35 @@ def plan_packed(
     """NIC-oblivious baseline: ranks fill nodes in inventory order."""
     planner = _Planner.create(model, space, coefficients, usable_fraction, all_rdma=False)
     return planner.search(inventory, "packed", stage_in_order(list))
+
+
+def plan_island_packed(
+    model: ModelSpec,
+    inventory: Inventory,
+    space: SearchSpace | None = None,
+    coefficients: CostCoefficients | None = None,
+    usable_fraction: float = DEFAULT_USABLE_FRACTION,
+) -> Result:
+    """Baseline: ranks fill nodes sorted by island label, so islands are contiguous but
+    stages are cut wherever the rank count falls, island boundaries or not."""
+    planner = _Planner.create(model, space, coefficients, usable_fraction, all_rdma=False)
+    return planner.search(inventory, "island-packed", stage_in_order(sort_by_island))
+
+
+def plan_default_scheduler(
+    model: ModelSpec,
+    inventory: Inventory,
+    space: SearchSpace | None = None,
+    coefficients: CostCoefficients | None = None,
+    usable_fraction: float = DEFAULT_USABLE_FRACTION,
+    seed: int = 0,
+) -> Result:
+    """Baseline: nodes in the arbitrary order pods land on them (``seed``), ranks
+    node-contiguous, as a job of one pod per node under the default scheduler gets."""
+    planner = _Planner.create(model, space, coefficients, usable_fraction, all_rdma=False)
+    return planner.search(
+        inventory, f"default-scheduler-{seed}", stage_in_order(shuffle_nodes(seed))
+    )
 
 
 def evaluate(
@@ -228,6 +263,8 @@ __all__ = [
     "evaluate",
     "list_collective_groups",
     "plan_all_rdma",
+    "plan_default_scheduler",
+    "plan_island_packed",
     "plan_packed",
     "plan_placement",
     "plan_round_robin",

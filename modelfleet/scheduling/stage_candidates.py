@@ -4,12 +4,17 @@ A candidate is a list of stages, each a list of GPUs in local rank order. The NI
 enumeration cuts every domain (RDMA island, or Ethernet-only node) into stage slots of whole
 TP blocks (a TP block never leaves a node), fastest GPUs first, and tries every split of the
 pipeline's stages across classes of identical domains, filling one domain before the next
-so that only domain boundaries cross Ethernet. The baselines take GPUs in inventory order
-(packed) or dealt one node at a time (round-robin).
+so that only domain boundaries cross Ethernet. It also tries the fastest domains packed
+one after another, which lets a stage straddle two domains: when domains are not a
+multiple of the stage size, putting a stage's infrequent data-parallel all-reduce on
+Ethernet can cost less than leaving fast GPUs idle or taking slower ones. The baselines
+take GPUs in inventory order (packed), by island label (island packing), in the order pods
+land on nodes (default scheduler) or dealt one node at a time (round-robin).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator, Sequence
 
 from modelfleet.scheduling.inventory import Device
@@ -46,6 +51,19 @@ def enumerate_island_stages(
             for members, count in zip(ordered, counts, strict=True)
             for stage in _take(members, count)
         ]
+
+
+def enumerate_nic_aware_stages(
+    devices: Sequence[Device], layout: Layout
+) -> Iterator[list[list[Device]]]:
+    """Stages inside domains (every split), then the fastest domains packed in a row."""
+    yield from enumerate_island_stages(devices, layout)
+    yield from stage_in_order(sort_fastest_domains_first)(devices, layout)
+
+
+def sort_fastest_domains_first(devices: Sequence[Device]) -> list[Device]:
+    """Whole domains, fastest GPUs first, each domain's nodes together."""
+    return sorted(devices, key=lambda d: (-d.tflops, d.node.domain, d.node.name))
 
 
 def _split(total: int, limits: Sequence[int]) -> Iterator[tuple[int, ...]]:
@@ -103,6 +121,24 @@ def stage_in_order(
         yield [ranked[s * size : (s + 1) * size] for s in range(layout.pp)]
 
     return candidates
+
+
+def sort_by_island(devices: Sequence[Device]) -> list[Device]:
+    """Nodes grouped by fabric domain (island label, else the node itself), then by name:
+    the packing an operator gets by sorting nodes on the island label."""
+    return sorted(devices, key=lambda d: (d.node.domain, d.node.name))
+
+
+def shuffle_nodes(seed: int) -> Callable[[Sequence[Device]], list[Device]]:
+    """Whole nodes in a random order, ranks node-contiguous: what the default scheduler
+    gives a job of one pod per node whose launcher numbers nodes as pods start."""
+
+    def order(devices: Sequence[Device]) -> list[Device]:
+        nodes = list(_group_by(devices, lambda d: d.node.name).values())
+        random.Random(seed).shuffle(nodes)
+        return [d for node in nodes for d in node]
+
+    return order
 
 
 def deal_round_robin(devices: Sequence[Device]) -> list[Device]:
