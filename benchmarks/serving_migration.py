@@ -4,13 +4,19 @@ Run: ``python benchmarks/serving_migration.py``. Every figure is a ratio against
 measured in the same run; nothing is asserted.
 
 Two engine replica actors of the tiny model on a local Ray, driven by the pool manager.
-For each sequence length a request with that many prompt tokens is prefilled on one
-replica and, while it decodes, migrated to the other twice: staged (full KV blocks
-copied through the object store while it keeps decoding, then a stop-and-copy of the
-last blocks) and plain stop-and-copy (all blocks copied after it stopped). Downtime runs
-from the stop on the source until the target holds the request ready to decode. Every
-migration is checked to continue the greedy output token for token. ``blocks`` shows
-the staged migration's blocks copied while decoding / in the final stop-and-copy.
+For each sequence length a request with that many prompt tokens is first run without
+migration (the reference output), then prefilled on one replica and, while it decodes,
+migrated to the other twice: staged (full KV blocks copied through the object store while
+it keeps decoding, then a stop-and-copy of the last blocks) and plain stop-and-copy (all
+blocks copied after it stopped). Every migrated run must reproduce the reference's greedy
+output token for token.
+
+Downtime runs from the request stopping on the source (at a step boundary) until the
+target holds it ready to decode, and is taken apart: export on the source, transfer
+(back to the manager and on to the target, through the object store), import on the
+target. The wait for the step in flight when the manager asks (``step wait``) is printed
+apart: that step still produces the request's token, so the request is not stalled by it.
+``blocks`` shows the staged migration's blocks copied while decoding / in the final copy.
 """
 
 from __future__ import annotations
@@ -44,6 +50,12 @@ async def tokens_of(stream: Stream) -> list[int]:
             return tokens
 
 
+async def run_unmigrated(manager: PoolManager, prompt: list[int]) -> list[int]:
+    """The reference: the same request decoded on one replica, never moved."""
+    params = SamplingParams(max_tokens=DECODE_TOKENS, temperature=0.0)
+    return await tokens_of(await manager.submit(prompt, params, priority=0))
+
+
 async def migrate_once(
     manager: PoolManager, prompt: list[int]
 ) -> tuple[MigrationReport, list[int]]:
@@ -57,55 +69,77 @@ async def migrate_once(
     return report, [first.token_id, *await tokens_of(stream)]
 
 
+PARTS = ("step_wait_s", "export_s", "transfer_s", "import_s")
+
+
+def summarise(reports: list[MigrationReport]) -> dict[str, float]:
+    """Median downtime and median of each part, in ms."""
+    keys = ("downtime_s", *PARTS)
+    return {key: 1e3 * statistics.median(getattr(r, key) for r in reports) for key in keys}
+
+
 async def measure(lengths: list[int], repeats: int) -> dict[int, tuple[float, float]]:
-    """Print downtime per length for staged and stop-and-copy migration; return the
-    median (staged, stop-and-copy) downtime in seconds by length."""
+    """Print downtime and its parts per length for staged and stop-and-copy migration;
+    return the median (staged, stop-and-copy) downtime in seconds by length."""
     longest = max(lengths) + DECODE_TOKENS + 16
     model = ServedModel(name="tiny", uri="builtin://tiny-llama", max_model_len=longest)
     spec = ModelPoolSpec(models=[model], replicas=2)
     options = ServingOptions(num_blocks=-(-longest // 16) + 8, replica_num_cpus=0.5)
     manager = PoolManager(pool_settings(model, spec, options, "migbench"))
     await manager.configure(2, migration=False, max_concurrent=2)
-    print(f"{'tokens':>7} {'staged ms':>10} {'stop-and-copy ms':>17} {'ratio':>7}  blocks")
+    print(
+        f"{'tokens':>7} {'mode':>13} {'downtime':>9} {'export':>7} {'transfer':>9} "
+        f"{'import':>7} {'step wait':>10}  blocks   (ms, medians of {repeats})"
+    )
     medians = {}
     for length in lengths:
         prompt = [(31 * i + 7) % 256 for i in range(length)]
-        downtimes: dict[int, list[float]] = {4: [], 0: []}
-        outputs = set()
-        blocks = ""
+        reference = await run_unmigrated(manager, prompt)
+        reports: dict[int, list[MigrationReport]] = {4: [], 0: []}
         for _ in range(repeats):
-            for rounds in downtimes:
+            for rounds, mine in reports.items():
                 manager.settings = replace(manager.settings, staging_rounds=rounds)
                 report, tokens = await migrate_once(manager, prompt)
-                downtimes[rounds].append(report.downtime_s)
-                outputs.add(tuple(tokens))
-                if rounds:
-                    blocks = f"{report.staged_blocks}/{report.final_blocks}"
-        assert len(outputs) == 1, "a migration changed the output"
-        staged, full = (statistics.median(downtimes[r]) for r in (4, 0))
-        ratio = full / staged
+                assert tokens == reference, f"migration at {length} tokens changed the output"
+                mine.append(report)
+        for rounds, mine in reports.items():
+            parts = summarise(mine)
+            mode = "staged" if rounds else "stop-and-copy"
+            blocks = f"{mine[-1].staged_blocks}/{mine[-1].final_blocks}"
+            print(
+                f"{length:7d} {mode:>13} {parts['downtime_s']:9.1f} {parts['export_s']:7.1f} "
+                f"{parts['transfer_s']:9.1f} {parts['import_s']:7.1f} "
+                f"{parts['step_wait_s']:10.1f}  {blocks}"
+            )
+        staged, full = (statistics.median(r.downtime_s for r in reports[k]) for k in (4, 0))
         medians[length] = (staged, full)
-        print(f"{length:7d} {staged * 1e3:10.1f} {full * 1e3:17.1f} {ratio:6.1f}x  {blocks}")
     await manager.shutdown()
     return medians
+
+
+def name_length(tokens: int) -> str:
+    """8192 as ``8k``, for RESULT names."""
+    return f"{tokens // 1024}k" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 2048, 4096, 8192])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     medians = asyncio.run(measure(args.lengths, args.repeats))
     ray.shutdown()
     shortest, longest = min(medians), max(medians)
+    for length, (staged, full) in medians.items():
+        print(f"{length:7d} tokens: stop-and-copy / staged downtime {full / staged:.2f}x")
     print_result(
-        f"migration_downtime_growth_{shortest}_to_{longest}",
+        f"migration_downtime_growth_{name_length(shortest)}_to_{name_length(longest)}",
         medians[longest][0] / medians[shortest][0],
     )
     staged, full = medians[longest]
-    print_result(f"migration_stop_and_copy_over_staged_at_{longest}", full / staged)
+    print_result(f"migration_stop_and_copy_over_staged_at_{name_length(longest)}", full / staged)
 
 
 if __name__ == "__main__":

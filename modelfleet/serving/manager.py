@@ -47,7 +47,7 @@ from modelfleet.serving.dispatch import (
 from modelfleet.serving.interface import RequestState, SamplingParams, TokenEvent
 from modelfleet.serving.kvcache import OutOfBlocksError
 from modelfleet.serving.migration import Move, RequestView, plan_drain, plan_rebalance
-from modelfleet.serving.replica import EngineReplica, EngineSpec, ReplicaDrainingError
+from modelfleet.serving.replica import EngineReplica, EngineSpec, ReplicaDrainingError, Span
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,13 @@ class PoolSettings:
 
 @dataclass(frozen=True)
 class MigrationReport:
-    """What one migration did; ``downtime_s`` is from stop on the source to ready on the target."""
+    """What one migration did, with its downtime taken apart.
+
+    ``downtime_s`` runs from the request stopping on the source to its being ready on the
+    target: ``export_s`` + ``transfer_s`` + ``import_s``. ``step_wait_s`` comes before
+    it: from the manager's call until the source reached a step boundary; the step in
+    flight meanwhile still produced the request's token, so the request was not stalled.
+    """
 
     request_id: str
     source: str
@@ -93,6 +99,10 @@ class MigrationReport:
     final_blocks: int
     downtime_s: float
     recomputed: bool
+    step_wait_s: float = 0.0
+    export_s: float = 0.0
+    transfer_s: float = 0.0
+    import_s: float = 0.0
 
 
 @dataclass(eq=False)
@@ -356,10 +366,10 @@ class PoolManager:
                 staged += count
                 if count <= 1:
                     break
-            stopped = time.perf_counter()
-            exported: tuple[RequestState, list[TokenEvent]]
+            called = time.monotonic()
+            exported: tuple[RequestState, list[TokenEvent], Span]
             exported = await source.actor.export_request.remote(rid, end)
-            state, unpolled = exported
+            state, unpolled, export = exported
         except (RayActorError, ValueError, ReplicaDrainingError, OutOfBlocksError) as error:
             log.info("migration of %s from %s called off: %s", rid, source.name, error)
             await self._abort_quietly(target, rid)
@@ -369,7 +379,7 @@ class PoolManager:
         stream.deliver_tokens(state.output_token_ids)
         stream.replica = target.name
         try:
-            await target.actor.import_request.remote(state)
+            imported: Span = await target.actor.import_request.remote(state)
         except (RayActorError, ValueError, ReplicaDrainingError) as error:
             log.warning("import of %s into %s failed, recomputing: %s", rid, target.name, error)
             await self._abort_quietly(target, rid)
@@ -384,8 +394,12 @@ class PoolManager:
             target=target.name,
             staged_blocks=staged,
             final_blocks=0 if state.kv is None else state.kv.num_blocks,
-            downtime_s=time.perf_counter() - stopped,
+            downtime_s=imported.finished - export.started,
             recomputed=state.kv is None,
+            step_wait_s=export.started - called,
+            export_s=export.seconds,
+            transfer_s=imported.started - export.finished,
+            import_s=imported.seconds,
         )
 
     async def _resume(self, stream: Stream) -> None:

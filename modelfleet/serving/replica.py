@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -36,6 +37,19 @@ from modelfleet.serving.model_tokenizer import HfTokenizer
 from modelfleet.serving.tokenizer import ByteTokenizer
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 from modelfleet.serving.vllm_engine import VllmEngine, VllmModel
+
+
+@dataclass(frozen=True)
+class Span:
+    """Start and end of work inside a replica, on the host's monotonic clock (shared by
+    every process on the host, so spans from two replicas compare)."""
+
+    started: float
+    finished: float
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
 
 
 class ReplicaDrainingError(RuntimeError):
@@ -168,13 +182,18 @@ class EngineReplica:
 
     async def export_request(
         self, request_id: str, from_block: int
-    ) -> tuple[RequestState, list[TokenEvent]]:
+    ) -> tuple[RequestState, list[TokenEvent], Span]:
         """Stop the request here and hand over its state and the unstaged KV blocks, with
-        its events not yet polled: they carry what the state does not (logprobs)."""
+        its events not yet polled: they carry what the state does not (logprobs).
+
+        The span is when the request stopped (between two steps, so the step in flight
+        when the call arrived still produced its token) and when the export finished.
+        """
+        started = time.monotonic()
         state = self._engine.export_request(request_id, from_block)
         mine = [event for event in self._outbox if event.request_id == request_id]
         self._outbox = [event for event in self._outbox if event.request_id != request_id]
-        return state, mine
+        return state, mine, Span(started, time.monotonic())
 
     async def import_kv_blocks(self, request_id: str, chunk: KVChunk) -> tuple[int, int]:
         """Write a staged chunk of a request still decoding on another replica.
@@ -186,11 +205,14 @@ class EngineReplica:
         self._engine.import_kv_blocks(request_id, chunk)
         return chunk.num_blocks, chunk.end_block
 
-    async def import_request(self, state: RequestState) -> None:
-        """Continue a migrated request, or resume one by recomputation (``kv is None``)."""
+    async def import_request(self, state: RequestState) -> Span:
+        """Continue a migrated request, or resume one by recomputation (``kv is None``);
+        the span is when the import started and when the request was ready to decode."""
+        started = time.monotonic()
         self._refuse_if_draining()
         self._engine.import_request(state)
         self._has_work.set()
+        return Span(started, time.monotonic())
 
     def _refuse_if_draining(self) -> None:
         if self._draining:

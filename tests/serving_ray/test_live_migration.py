@@ -29,5 +29,8 @@ def test_forced_migration_mid_stream_changes_no_token(pool: str, temperature: fl
     assert report is not None and report.source != report.target
     assert not report.recomputed
     assert report.final_blocks < report.staged_blocks, "most KV must move while decoding"
+    parts = (report.export_s, report.transfer_s, report.import_s)
+    assert min(*parts, report.step_wait_s) >= 0.0, "spans from two replicas out of order"
+    assert report.downtime_s == pytest.approx(sum(parts), abs=1e-6)
     assert head + tail == expected
     assert status_of(name, ZOO)["migrations"] == before + 1
