@@ -1,20 +1,20 @@
 """Trace replay against a pool of engine replica actors: the pool's dispatch and migration
-against Ray Serve's default routing.
+against power-of-two-choices routing (Ray Serve's rule), round-robin and dispatch alone.
 
 Run: ``python benchmarks/serving_trace.py``. Every figure is a ratio against a baseline
 measured in the same run, so the numbers compare across machines; nothing is asserted.
 
-One trace (bursty gamma arrivals, long-tailed output lengths) is replayed on a local
-Ray against fresh replicas of the tiny model under four policies: Ray Serve's default
-router (power of two choices on queue length, no migration), round-robin (no load
-information at all), load-aware dispatch by KV freeness without migration, and the
-pool's policy (load-aware dispatch plus live-migration rebalancing). The middle rows
-separate what dispatch and migration each contribute. Each policy replays the trace
-twice, in the order A B C D D C B A so none profits from its position, and the
-percentiles pool both replays. The pool manager drives real Ray actors; HTTP is left
-out so the client does not compete for the two CPU cores. Printed: p50/p99 time to
-first token and end-to-end latency per policy, and baseline / pool ratios (above 1:
-the pool is faster).
+Traces (bursty gamma arrivals, long-tailed output lengths) from SEEDS seeds are replayed
+on a local Ray against fresh replicas of the tiny model under four policies: power of two
+choices on queue length (the rule of Ray Serve's default router, emulated inside the pool
+manager: it is not Serve's router, and it has no ``max_ongoing_requests`` bound, so
+requests queue in the engines rather than at the router), round-robin, load-aware
+dispatch by KV freeness without migration, and the pool's policy (load-aware dispatch plus
+live-migration rebalancing). The policies take turns in a different order for each seed so
+none profits from its position. The pool manager drives real Ray actors; HTTP is left out
+so the client does not compete for the two CPU cores. Printed: p50/p99 time to first
+token and end-to-end latency per policy over every seed's requests, and baseline / pool
+ratios with 95% bootstrap intervals (above 1: the pool is faster).
 """
 
 from __future__ import annotations
@@ -119,21 +119,45 @@ async def replay(
     return list(latencies), migrations
 
 
-def percentiles(values: list[float]) -> tuple[float, float]:
+SEEDS = range(5)
+RUNS = {
+    "power of two (Serve rule)": (DispatchPolicy.POWER_OF_TWO, False),
+    "round-robin": (DispatchPolicy.ROUND_ROBIN, False),
+    "load-aware, no migration": (DispatchPolicy.LOAD_AWARE, False),
+    POOL: (DispatchPolicy.LOAD_AWARE, True),
+}
+
+
+def percentiles(values: np.ndarray) -> tuple[float, float]:
     """p50 and p99."""
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
+def bootstrap_ratio(
+    baseline: np.ndarray, pool: np.ndarray, quantile: float
+) -> tuple[float, float, float]:
+    """A quantile of ``baseline`` over the same quantile of ``pool``, with its 95% bootstrap
+    interval (requests resampled within each policy)."""
+    rng = np.random.default_rng(0)
+    draws = [
+        np.percentile(values[rng.integers(0, len(values), (2000, len(values)))], quantile, axis=1)
+        for values in (baseline, pool)
+    ]
+    low, high = np.percentile(draws[0] / draws[1], [2.5, 97.5])
+    ratio = np.percentile(baseline, quantile) / np.percentile(pool, quantile)
+    return float(ratio), float(low), float(high)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--requests", type=int, default=100, help="requests per seed")
     parser.add_argument("--rate", type=float, default=6.0, help="mean arrivals per second")
     parser.add_argument("--burstiness", type=float, default=4.0, help="gamma CV squared")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument(
         "--num-blocks", type=int, default=48, help="KV blocks of 16 tokens per replica"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=len(SEEDS))
     parser.add_argument(
         "--rebalance-below",
         type=float,
@@ -143,54 +167,51 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    trace = make_trace(args.requests, args.rate, args.burstiness, args.seed)
-    runs = {
-        "Ray Serve default (pow-2)": (DispatchPolicy.POWER_OF_TWO, False),
-        "round-robin": (DispatchPolicy.ROUND_ROBIN, False),
-        "load-aware, no migration": (DispatchPolicy.LOAD_AWARE, False),
-        POOL: (DispatchPolicy.LOAD_AWARE, True),
-    }
-    order = [*runs, *reversed(runs)]
-    latencies: dict[str, list[Latency]] = {label: [] for label in runs}
-    migrations: dict[str, int] = dict.fromkeys(runs, 0)
-    for index, label in enumerate(order):
-        policy, migration = runs[label]
-        measured, moved = asyncio.run(
-            replay(
-                trace,
-                args.replicas,
-                args.num_blocks,
-                policy,
-                migration,
-                f"trace{index}",
-                args.rebalance_below,
+    latencies: dict[str, list[Latency]] = {label: [] for label in RUNS}
+    migrations: dict[str, int] = dict.fromkeys(RUNS, 0)
+    labels = list(RUNS)
+    for seed in range(args.seeds):
+        trace = make_trace(args.requests, args.rate, args.burstiness, seed)
+        for turn in range(len(labels)):
+            label = labels[(seed + turn) % len(labels)]
+            policy, migration = RUNS[label]
+            measured, moved = asyncio.run(
+                replay(
+                    trace,
+                    args.replicas,
+                    args.num_blocks,
+                    policy,
+                    migration,
+                    f"trace{seed}-{turn}",
+                    args.rebalance_below,
+                )
             )
-        )
-        latencies[label] += measured
-        migrations[label] += moved
-    results = {}
-    for label in runs:
-        ttft = percentiles([latency.ttft_s for latency in latencies[label]])
-        e2e = percentiles([latency.e2e_s for latency in latencies[label]])
-        results[label] = (ttft, e2e)
+            latencies[label] += measured
+            migrations[label] += moved
+    ray.shutdown()
+    ttfts = {label: np.array([x.ttft_s for x in values]) for label, values in latencies.items()}
+    e2es = {label: np.array([x.e2e_s for x in values]) for label, values in latencies.items()}
+    print(f"{args.seeds} seeds x {args.requests} requests per policy")
+    for label in RUNS:
+        ttft, e2e = percentiles(ttfts[label]), percentiles(e2es[label])
         print(
-            f"{label:26s} TTFT p50 {ttft[0] * 1e3:7.0f} ms  p99 {ttft[1] * 1e3:7.0f} ms   "
+            f"{label:28s} TTFT p50 {ttft[0] * 1e3:7.0f} ms  p99 {ttft[1] * 1e3:7.0f} ms   "
             f"E2E p50 {e2e[0]:6.2f} s  p99 {e2e[1]:6.2f} s   migrations {migrations[label]}"
         )
-    ray.shutdown()
-    pool_ttft, pool_e2e = results[POOL]
-    for label, (base_ttft, base_e2e) in results.items():
+    headline: dict[str, float] = {}
+    for label in RUNS:
         if label == POOL:
             continue
-        print(
-            f"{label} / pool:".ljust(38)
-            + f"TTFT p50 {base_ttft[0] / pool_ttft[0]:.2f}x  p99 {base_ttft[1] / pool_ttft[1]:.2f}x"
-            f"   E2E p50 {base_e2e[0] / pool_e2e[0]:.2f}x  p99 {base_e2e[1] / pool_e2e[1]:.2f}x"
-        )
-    for label, (base_ttft, base_e2e) in results.items():
-        if label != POOL:
-            print_result(f"trace_p99_ttft_speedup_vs_{slug(label)}", base_ttft[1] / pool_ttft[1])
-            print_result(f"trace_p99_e2e_speedup_vs_{slug(label)}", base_e2e[1] / pool_e2e[1])
+        cells = []
+        for metric, values in (("TTFT", ttfts), ("E2E", e2es)):
+            for quantile in (50, 99):
+                ratio, low, high = bootstrap_ratio(values[label], values[POOL], quantile)
+                cells.append(f"{metric} p{quantile} {ratio:.2f}x [{low:.2f}, {high:.2f}]")
+                if quantile == 99:
+                    headline[f"trace_p99_{metric.lower()}_speedup_vs_{slug(label)}"] = ratio
+        print(f"{label} / pool: " + "  ".join(cells))
+    for name, value in headline.items():
+        print_result(name, value)
 
 
 if __name__ == "__main__":
