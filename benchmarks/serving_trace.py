@@ -1,20 +1,25 @@
-"""Trace replay against a pool of engine replica actors: the pool's dispatch and migration
-against power-of-two-choices routing (Ray Serve's rule), round-robin and dispatch alone.
+"""Trace replay against a pool of engine replicas: the pool's dispatch and migration
+against Ray Serve's own router, round-robin and dispatch alone.
 
 Run: ``python benchmarks/serving_trace.py``. Every figure is a ratio against a baseline
 measured in the same run, so the numbers compare across machines; nothing is asserted.
 
 Traces (bursty gamma arrivals, long-tailed output lengths) from SEEDS seeds are replayed
-on a local Ray against fresh replicas of the tiny model under four policies: power of two
-choices on queue length (the rule of Ray Serve's default router, emulated inside the pool
-manager: it is not Serve's router, and it has no ``max_ongoing_requests`` bound, so
-requests queue in the engines rather than at the router), round-robin, load-aware
-dispatch by KV freeness without migration, and the pool's policy (load-aware dispatch plus
-live-migration rebalancing). The policies take turns in a different order for each seed so
-none profits from its position. The pool manager drives real Ray actors; HTTP is left out
-so the client does not compete for the two CPU cores. Printed: p50/p99 time to first
-token and end-to-end latency per policy over every seed's requests, and baseline / pool
-ratios with 95% bootstrap intervals (above 1: the pool is faster).
+on a local Ray against fresh replicas of the tiny model, the same engine replica with the
+same KV cache under every policy:
+
+- Ray Serve's router: the replica as a plain Serve deployment, called through a
+  deployment handle with Serve's defaults (power of two choices on queue length,
+  ``max_ongoing_requests`` 5, requests beyond it queued at the router);
+- round-robin, in the pool manager;
+- load-aware dispatch by KV freeness without migration, in the pool manager;
+- the pool's policy: load-aware dispatch plus live-migration rebalancing.
+
+The policies take turns in a different order for each seed so none profits from its
+position. HTTP is left out (no Serve proxy) so the client does not compete for the two
+CPU cores. Printed: p50/p99 time to first token and end-to-end latency per policy over
+every seed's requests, and baseline / pool ratios with 95% bootstrap intervals (above 1:
+the pool is faster).
 """
 
 from __future__ import annotations
@@ -23,17 +28,21 @@ import argparse
 import asyncio
 import os
 import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import ray
+from ray import serve
 from result_lines import print_result, slug
 
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel
 from modelfleet.serving.dispatch import DispatchPolicy
 from modelfleet.serving.frontend import ServingOptions, pool_settings
-from modelfleet.serving.interface import SamplingParams
+from modelfleet.serving.interface import SamplingParams, TokenEvent
 from modelfleet.serving.manager import PoolManager, Stream
+from modelfleet.serving.replica import EngineReplica, EngineSpec
 
 MAX_PROMPT = 160
 MAX_OUTPUT = 480
@@ -91,27 +100,33 @@ async def serve_one(manager: PoolManager, request: TraceRequest, start: float) -
             return Latency(first - submitted, time.perf_counter() - submitted)
 
 
-async def replay(
+def make_options(policy: DispatchPolicy, args: argparse.Namespace) -> ServingOptions:
+    return ServingOptions(
+        dispatch=policy,
+        num_blocks=args.num_blocks,
+        max_requests_per_replica=10_000,
+        replica_num_cpus=0.5,
+        rebalance_below=args.rebalance_below,
+    )
+
+
+def make_spec(args: argparse.Namespace) -> tuple[ServedModel, ModelPoolSpec]:
+    model = ServedModel(name="tiny", uri="builtin://tiny-llama", max_model_len=MAX_MODEL_LEN)
+    return model, ModelPoolSpec(models=[model], replicas=args.replicas)
+
+
+async def replay_pool(
     trace: list[TraceRequest],
-    replicas: int,
-    num_blocks: int,
+    args: argparse.Namespace,
     policy: DispatchPolicy,
     migration: bool,
     app: str,
-    rebalance_below: float = ServingOptions().rebalance_below,
 ) -> tuple[list[Latency], int]:
-    """Latencies of every request of the trace under one policy, and the migrations done."""
-    model = ServedModel(name="tiny", uri="builtin://tiny-llama", max_model_len=MAX_MODEL_LEN)
-    spec = ModelPoolSpec(models=[model], replicas=replicas)
-    options = ServingOptions(
-        dispatch=policy,
-        num_blocks=num_blocks,
-        max_requests_per_replica=10_000,
-        replica_num_cpus=0.5,
-        rebalance_below=rebalance_below,
-    )
-    manager = PoolManager(pool_settings(model, spec, options, app))
-    await manager.configure(replicas, migration, max_concurrent=2)
+    """Latencies of every request under one of the pool manager's policies, and the
+    migrations done."""
+    model, spec = make_spec(args)
+    manager = PoolManager(pool_settings(model, spec, make_options(policy, args), app))
+    await manager.configure(args.replicas, migration, max_concurrent=2)
     start = time.perf_counter()
     latencies = await asyncio.gather(*(serve_one(manager, r, start) for r in trace))
     migrations = manager.migrations
@@ -119,12 +134,99 @@ async def replay(
     return list(latencies), migrations
 
 
+@serve.deployment
+class EngineDeployment:
+    """The pool's engine replica as a plain Ray Serve replica, so that requests reach it
+    through Serve's own router (power of two choices, ``max_ongoing_requests``)."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self._replica = EngineReplica(spec)
+        self._queues: dict[str, asyncio.Queue[TokenEvent]] = {}
+        self._pump: asyncio.Task[None] | None = None
+
+    async def generate(self, prompt: Sequence[int], max_tokens: int) -> AsyncIterator[int]:
+        """Token ids as the engine produces them."""
+        if self._pump is None:
+            await self._replica.start()
+            self._pump = asyncio.get_running_loop().create_task(self._deliver())
+        request_id = uuid.uuid4().hex
+        queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self._queues[request_id] = queue
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        try:
+            await self._replica.add(request_id, prompt, params, 0)
+            while True:
+                event = await queue.get()
+                yield event.token_id
+                if event.finished:
+                    return
+        finally:
+            self._queues.pop(request_id, None)
+
+    async def _deliver(self) -> None:
+        while True:
+            for event in await self._replica.poll(1.0):
+                if (queue := self._queues.get(event.request_id)) is not None:
+                    queue.put_nowait(event)
+
+
+async def serve_through_handle(
+    handle: serve.handle.DeploymentHandle, request: TraceRequest, start: float
+) -> Latency:
+    """Submit at the request's arrival time through Serve's router; wait for the last token."""
+    await asyncio.sleep(max(0.0, start + request.arrival_s - time.perf_counter()))
+    submitted = time.perf_counter()
+    first = None
+    stream = handle.options(stream=True).generate.remote(list(request.prompt), request.max_tokens)
+    async for _ in stream:
+        first = first or time.perf_counter()
+    assert first is not None, "Serve returned no token"
+    return Latency(first - submitted, time.perf_counter() - submitted)
+
+
+def replay_serve(
+    trace: list[TraceRequest], args: argparse.Namespace, app: str
+) -> tuple[list[Latency], int]:
+    """Latencies of every request through Ray Serve's router with its defaults."""
+    model, spec = make_spec(args)
+    settings = pool_settings(model, spec, make_options(DispatchPolicy.LOAD_AWARE, args), app)
+    deployment = EngineDeployment.options(
+        num_replicas=args.replicas, ray_actor_options={"num_cpus": 0.5}
+    )
+    handle = serve.run(deployment.bind(settings.engine), name=app, route_prefix=None)
+
+    async def drive() -> list[Latency]:
+        warm = TraceRequest(0.0, (1, 2, 3), 2)
+        await asyncio.gather(*(serve_through_handle(handle, warm, 0.0) for _ in range(4)))
+        start = time.perf_counter()
+        return list(await asyncio.gather(*(serve_through_handle(handle, r, start) for r in trace)))
+
+    try:
+        return asyncio.run(drive()), 0
+    finally:
+        serve.delete(app)
+
+
+Replay = Callable[[list[TraceRequest], argparse.Namespace, str], tuple[list[Latency], int]]
+
+
+def on_pool(policy: DispatchPolicy, migration: bool) -> Replay:
+    """A replay under one of the pool manager's policies."""
+
+    def run(
+        trace: list[TraceRequest], args: argparse.Namespace, app: str
+    ) -> tuple[list[Latency], int]:
+        return asyncio.run(replay_pool(trace, args, policy, migration, app))
+
+    return run
+
+
 SEEDS = range(5)
-RUNS = {
-    "power of two (Serve rule)": (DispatchPolicy.POWER_OF_TWO, False),
-    "round-robin": (DispatchPolicy.ROUND_ROBIN, False),
-    "load-aware, no migration": (DispatchPolicy.LOAD_AWARE, False),
-    POOL: (DispatchPolicy.LOAD_AWARE, True),
+RUNS: dict[str, Replay] = {
+    "Ray Serve router": replay_serve,
+    "round-robin": on_pool(DispatchPolicy.ROUND_ROBIN, False),
+    "load-aware, no migration": on_pool(DispatchPolicy.LOAD_AWARE, False),
+    POOL: on_pool(DispatchPolicy.LOAD_AWARE, True),
 }
 
 
@@ -167,6 +269,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    serve.start(proxy_location="Disabled")
     latencies: dict[str, list[Latency]] = {label: [] for label in RUNS}
     migrations: dict[str, int] = dict.fromkeys(RUNS, 0)
     labels = list(RUNS)
@@ -174,20 +277,10 @@ def main() -> None:
         trace = make_trace(args.requests, args.rate, args.burstiness, seed)
         for turn in range(len(labels)):
             label = labels[(seed + turn) % len(labels)]
-            policy, migration = RUNS[label]
-            measured, moved = asyncio.run(
-                replay(
-                    trace,
-                    args.replicas,
-                    args.num_blocks,
-                    policy,
-                    migration,
-                    f"trace{seed}-{turn}",
-                    args.rebalance_below,
-                )
-            )
+            measured, moved = RUNS[label](trace, args, f"trace{seed}-{turn}")
             latencies[label] += measured
             migrations[label] += moved
+    serve.shutdown()
     ray.shutdown()
     ttfts = {label: np.array([x.ttft_s for x in values]) for label, values in latencies.items()}
     e2es = {label: np.array([x.e2e_s for x in values]) for label, values in latencies.items()}
