@@ -53,8 +53,18 @@ demo: venv provision
 demo-down: venv
 	$(PY) hack/demo.py --down
 
+BENCHMARKS ?= seqpar placement serving_engine serving_migration serving_trace operator_scale routing
+
+# Each benchmark's output goes to benchmarks/out/<name>.log; their RESULT lines are then
+# gathered into benchmarks/results.md with the date and the machine.
+bench: SHELL := /bin/bash
 bench: venv provision
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	mkdir -p benchmarks/out
+	set -o pipefail; for b in $(BENCHMARKS); do \
+		echo "== benchmarks/$$b.py"; \
+		$(PY) benchmarks/$$b.py 2>&1 | tee benchmarks/out/$$b.log || exit 1; \
+	done
+	$(PY) benchmarks/collect_results.py $(BENCHMARKS:%=benchmarks/out/%.log)
 
 clean: demo-down
 	rm -rf $(VENV) $(TOOLS_VENV) .demo .pytest_cache .mypy_cache .ruff_cache
