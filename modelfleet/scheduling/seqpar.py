@@ -32,6 +32,7 @@ This module orchestrates; ``seqpar_groups`` holds pools, group types and plans,
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -53,6 +54,7 @@ from modelfleet.scheduling.seqpar_assign import (
     compute_lower_bound,
     fill_spare,
     list_static_degrees,
+    plan_pool_static_step,
     plan_static_step,
     prepare_step,
 )
@@ -64,6 +66,7 @@ from modelfleet.scheduling.seqpar_groups import (
     SequenceTooLong,
     SPGroup,
     compute_makespan,
+    count_micro_batches,
     prepare,
 )
 
@@ -109,6 +112,26 @@ def plan_static(lengths: Sequence[int], setup: SeqParSetup, degree: int) -> SeqP
     if plan is None:
         return None
     return replace(plan, solve_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def plan_pool_static(
+    lengths: Sequence[int], setup: SeqParSetup, degrees: Sequence[int]
+) -> SeqParPlan | None:
+    """Baseline: each pool cut into groups of its own fixed degree; None if a sequence fits
+    nowhere. Heterogeneous pools differ in memory, so their best static degrees differ."""
+    started = time.perf_counter()
+    plan = plan_pool_static_step(prepare_step(lengths, setup), setup, degrees)
+    if plan is None:
+        return None
+    return replace(plan, solve_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def list_pool_degrees(setup: SeqParSetup) -> list[tuple[int, ...]]:
+    """Every choice of one static degree per pool."""
+    per_pool = [
+        sorted({t.degree for t in setup.types if t.pool == p}) for p in range(len(setup.pools))
+    ]
+    return list(itertools.product(*per_pool))
 
 
 def plan_best_static(lengths: Sequence[int], setup: SeqParSetup) -> SeqParPlan:
@@ -272,7 +295,10 @@ __all__ = [
     "SequenceTooLong",
     "compute_lower_bound",
     "compute_makespan",
+    "count_micro_batches",
+    "list_pool_degrees",
     "plan_best_static",
+    "plan_pool_static",
     "plan_sequence_parallel",
     "plan_static",
     "prepare",

@@ -24,6 +24,7 @@ from modelfleet.scheduling.seqpar_groups import (
     SeqParSetup,
     SequenceTooLong,
     SPGroup,
+    compute_makespan,
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -73,12 +74,20 @@ def list_static_degrees(setup: SeqParSetup) -> list[int]:
 
 
 def plan_static_step(step: Step, setup: SeqParSetup, degree: int) -> SeqParPlan | None:
+    return plan_pool_static_step(step, setup, (degree,) * len(setup.pools))
+
+
+def plan_pool_static_step(
+    step: Step, setup: SeqParSetup, degrees: Sequence[int]
+) -> SeqParPlan | None:
+    """Every pool cut into groups of its own degree (``degrees[pool]``)."""
     layout = {
-        i: len(setup.pools[t.pool].devices) // degree
+        i: len(setup.pools[t.pool].devices) // t.degree
         for i, t in enumerate(setup.types)
-        if t.degree == degree
+        if t.degree == degrees[t.pool]
     }
-    return assign_longest_first(step, setup, layout, f"static-{degree}")
+    label = "-".join(map(str, sorted(set(degrees))))
+    return assign_longest_first(step, setup, layout, f"static-{label}")
 
 
 def choose_greedy_layout(step: Step, setup: SeqParSetup) -> dict[int, int]:
@@ -155,8 +164,8 @@ def build_groups(setup: SeqParSetup, layout: dict[int, int]) -> list[SPGroup]:
 
 
 def _price_all(lengths: FloatArray, types: Sequence[GroupType]) -> FloatArray:
-    """Seconds of every sequence (rows) on every group type (columns)."""
-    return np.column_stack([t.seconds(lengths) for t in types])
+    """Seconds each sequence (rows) adds to a group of each type (columns), amortised."""
+    return np.column_stack([t.amortised(lengths) for t in types])
 
 
 def assign_longest_first(
@@ -175,7 +184,6 @@ def assign_longest_first(
     columns = [heaps[i] for i in type_ids]
     rows = step.times[:, type_ids].tolist()
     assignment = [0] * len(step.lengths)
-    worst = 0.0
     for s in step.longest_first:
         best_finish, best_heap = math.inf, None
         for heap, seconds in zip(columns, rows[s], strict=True):
@@ -185,5 +193,5 @@ def assign_longest_first(
         if best_heap is None:
             return None
         assignment[s] = heapq.heapreplace(best_heap, (best_finish, best_heap[0][1]))[1]
-        worst = max(worst, best_finish)
-    return SeqParPlan(tuple(groups), tuple(assignment), worst, step.bound, solver, 0.0)
+    span = compute_makespan(step.lengths.tolist(), groups, assignment)
+    return SeqParPlan(tuple(groups), tuple(assignment), span, step.bound, solver, 0.0)

@@ -4,12 +4,21 @@ A *pool* is a set of identical GPUs inside one RDMA island (or one Ethernet-only
 groups are aligned power-of-two blocks of one pool, so a group never crosses Ethernet and
 runs at one speed. A *group type* is a degree within a pool, with the time of one sequence
 on it as a polynomial in its length and the longest sequence its memory holds.
+
+With packing (the default, as varlen attention kernels train), a group runs the sequences
+it is given in micro-batches of up to ``max_length`` tokens in all, so the polynomial's
+constant (kernel launches, collective latency) is paid once per micro-batch, not once per
+sequence; the per-token terms are paid per sequence either way, since attention stays
+within a sequence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 from modelfleet.scheduling.costmodel import (
     GIB,
@@ -45,6 +54,26 @@ class GroupType:
     link: Link
     seconds: Quadratic
     max_length: float
+    packing: bool = True
+
+    def price(self, lengths: Sequence[float]) -> float:
+        """Seconds for a group of this type to run ``lengths``, packed when packing is on."""
+        if not self.packing:
+            return float(sum(self.seconds(float(length)) for length in lengths))
+        array = np.asarray(lengths, dtype=np.float64)
+        per_token = float(np.sum(array * (self.seconds.c1 + array * self.seconds.c2)))
+        return self.seconds.c0 * count_micro_batches(array, self.max_length) + per_token
+
+    def amortised(self, lengths: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Per-sequence seconds with the constant shared by a full micro-batch's tokens.
+
+        What a sequence adds to a group's packed load on average; placement heuristics
+        and the layout program use it, and ``price`` gives the exact figure afterwards.
+        """
+        if not self.packing:
+            return self.seconds(lengths)
+        share = np.minimum(lengths / self.max_length, 1.0) if self.max_length > 0 else 1.0
+        return self.seconds.c0 * share + lengths * (self.seconds.c1 + lengths * self.seconds.c2)
 
 
 @dataclass(frozen=True)
@@ -80,14 +109,23 @@ class SeqParSetup:
     coefficients: CostCoefficients
     total_peak_flops: float
 
+    @property
+    def packing(self) -> bool:
+        return all(t.packing for t in self.types)
+
 
 def prepare(
     devices: Sequence[Device],
     model: ModelSpec,
     coefficients: CostCoefficients | None = None,
     reserved_gib: float = 0.0,
+    packing: bool = True,
 ) -> SeqParSetup:
-    """Pools and candidate group types; ``reserved_gib`` per device is for model states."""
+    """Pools and candidate group types; ``reserved_gib`` per device is for model states.
+
+    ``packing=False`` charges every sequence the full constant, for steps that run one
+    sequence per micro-batch.
+    """
     coefficients = coefficients or CostCoefficients()
     link_fn = make_link_fn(coefficients)
     by_key: dict[tuple[str, str, float], list[Device]] = {}
@@ -117,6 +155,7 @@ def prepare(
                     link=link,
                     seconds=time_sequence(model, gpu, degree, link, coefficients),
                     max_length=max(pool.budget_bytes, 0.0) * degree / per_token,
+                    packing=packing,
                 )
             )
             degree *= 2
@@ -128,10 +167,27 @@ def compute_makespan(
     lengths: Sequence[float], groups: Sequence[SPGroup], assignment: Sequence[int]
 ) -> float:
     """Step time of an assignment: the most loaded group's total."""
-    loads = [0.0] * len(groups)
+    members: list[list[float]] = [[] for _ in groups]
     for length, g in zip(lengths, assignment, strict=True):
-        loads[g] += float(groups[g].group_type.seconds(float(length)))
-    return max(loads)
+        members[g].append(float(length))
+    return max(group.group_type.price(mine) for group, mine in zip(groups, members, strict=True))
+
+
+def count_micro_batches(lengths: npt.NDArray[np.float64], capacity: float) -> int:
+    """Micro-batches of at most ``capacity`` tokens that hold ``lengths``: first-fit decreasing.
+
+    FFD uses at most 11/9 of the optimal count plus one; a sequence longer than the capacity
+    (which memory checks refuse elsewhere) gets a micro-batch of its own.
+    """
+    room: list[float] = []
+    for length in sorted(lengths.tolist(), reverse=True):
+        for index, free in enumerate(room):
+            if length <= free:
+                room[index] = free - length
+                break
+        else:
+            room.append(capacity - length)
+    return len(room)
 
 
 def _count_per_node(devices: Sequence[Device]) -> list[int]:
