@@ -213,8 +213,8 @@ class _Planner:
         if math.isinf(smallest_used):
             return Unschedulable(
                 f"no layout in the search space can be placed by {strategy} on {len(devices)} "
-                "GPUs: check world sizes and batch divisibility, and for nic-aware that a "
-                "stage fits inside one RDMA island or node"
+                "GPUs: check world sizes and batch divisibility, and for nic-aware that TP "
+                "groups fit in one node and SP groups in one RDMA island"
             )
         largest = max(d.memory_gib for d in devices) * self.cost.usable_fraction
         if neediest > largest:

@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 
 from modelfleet.scheduling.inventory import Device
-from modelfleet.scheduling.parallel_layout import Layout
+from modelfleet.scheduling.parallel_layout import Layout, list_collective_groups
 
 Candidates = Callable[[Sequence[Device], Layout], Iterator[list[list[Device]]]]
 
@@ -56,9 +56,21 @@ def enumerate_island_stages(
 def enumerate_nic_aware_stages(
     devices: Sequence[Device], layout: Layout
 ) -> Iterator[list[list[Device]]]:
-    """Stages inside domains (every split), then the fastest domains packed in a row."""
+    """Stages inside domains (every split), then the fastest domains packed in a row where
+    only data-parallel groups leave a domain (TP groups stay in a node, SP groups in a
+    domain)."""
     yield from enumerate_island_stages(devices, layout)
-    yield from stage_in_order(sort_fastest_domains_first)(devices, layout)
+    for stages in stage_in_order(sort_fastest_domains_first)(devices, layout):
+        if all(keeps_frequent_collectives_inside(layout, stage) for stage in stages):
+            yield stages
+
+
+def keeps_frequent_collectives_inside(layout: Layout, stage: Sequence[Device]) -> bool:
+    """Whether a stage's per-layer collectives (TP, SP) stay inside a node and a domain."""
+    groups = list_collective_groups(layout, stage)
+    return all(len({d.node.name for d in g}) == 1 for g in groups["tp"]) and all(
+        len({d.node.domain for d in g}) == 1 for g in groups["sp"]
+    )
 
 
 def sort_fastest_domains_first(devices: Sequence[Device]) -> list[Device]:
