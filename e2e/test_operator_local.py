@@ -10,6 +10,7 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,37 @@ def operator(kube: Kube, start_operator: object, zoo_arith: Path) -> Iterator[Op
 def _metrics(operator: Operator, path: str = "/metrics") -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}{path}", timeout=5) as r:
         return r.read().decode()
+
+
+def _reconciles(operator: Operator, kind: str) -> float:
+    """Reconciles of ``kind`` the operator has finished, whatever their result."""
+    prefix = f'modelfleet_reconcile_total{{kind="{kind}",'
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in _metrics(operator).splitlines()
+        if line.startswith(prefix)
+    )
+
+
+def _reconcile_again(kube: Kube, operator: Operator, resource: str, kind: str) -> None:
+    """Return once ``resource`` has certainly been reconciled again, events included.
+
+    Touching an annotation changes what kopf diffs, so it runs the update handler, and
+    kopf writes the new annotation into its last-handled configuration only after that
+    handler finished. Kopf posts events from a queue, so this then also waits for the
+    operator to finish a further reconcile of ``kind`` (the resync timer runs every 2 s),
+    which gives the queue that long to post whatever the poked reconcile emitted.
+    """
+    poke = uuid.uuid4().hex
+
+    def handled() -> bool:
+        annotations = kube.get(resource, "-n", NS)["metadata"]["annotations"]
+        return poke in annotations.get("modelfleet.io/last-handled-configuration", "")
+
+    kube("annotate", resource, "-n", NS, f"e2e.modelfleet.io/poke={poke}", "--overwrite")
+    wait_for(handled, 30, f"{resource} to be reconciled after the annotation")
+    done = _reconciles(operator, kind)
+    wait_for(lambda: _reconciles(operator, kind) > done, 30, f"a resync of {kind}")
 
 
 def test_every_job_reports_what_is_missing(kube: Kube, operator: Operator) -> None:
@@ -152,8 +184,7 @@ def test_invalid_spec_past_the_webhook_is_reported_once(kube: Kube, operator: Op
     kube("apply", "-n", NS, "-f", "-", stdin=bad)
     ready = kube.wait_reason("fedjob/mixed-ranks", NS, "InvalidSpec")
     assert ready["message"].startswith("spec.aggregation.method: fedavg")
-    before = _metrics(operator)
-    wait_for(lambda: _metrics(operator) != before, 10, "a few resyncs")
+    _reconcile_again(kube, operator, "fedjob/mixed-ranks", "FedJob")
     events = [
         e
         for e in kube.get("events", "-n", NS)["items"]
@@ -326,6 +357,7 @@ spec:
     kube("apply", "-n", NS, "-f", "-", stdin=bad)
     ready = kube.wait_reason("modelpool/unknown-model", NS, "DeployFailed", timeout=120)
     assert "unknown builtin model 'no-such-model'" in ready["message"]
+    _reconcile_again(kube, operator, "modelpool/unknown-model", "ModelPool")
     assert operator.process.poll() is None
     events = [
         e

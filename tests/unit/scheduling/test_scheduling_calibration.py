@@ -66,6 +66,7 @@ def test_link_fitted_on_gloo_predicts_a_fresh_measurement(tmp_path: Path) -> Non
 
     for fresh in held_out:
         ratio = predict(fresh, link) / fresh.seconds
-        # Two processes on a shared 2-core machine can be disturbed several-fold; a unit or
-        # formula error would be off by orders of magnitude.
-        assert 0.1 < ratio < 10, (fresh, link)
+        # Each timing is the best of ten behind a barrier, which on a loaded 2-core machine
+        # lands within about 30% of the fit; a unit slip, or a fit that does not reproduce
+        # the collective formulas between the sizes it saw, misses by more than 2x.
+        assert 0.5 < ratio < 2, (fresh, link)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from modelfleet.scheduling.calibration import calibrate, measure_matmul
+from modelfleet.scheduling.calibration import (
+    calibrate,
+    measure_attention,
+    measure_copy,
+    measure_matmul,
+)
 from modelfleet.scheduling.costmodel import (
     ComputeSample,
     CostCoefficients,
@@ -154,17 +160,51 @@ def test_calibration_round_trips_through_json(tmp_path: Path) -> None:
     assert load_calibration(path) == calibrated
 
 
+CPU = GpuSpec("cpu", tflops=0.1, memory_gib=8.0, hbm_gbps=10.0)
+"""Nominal figures only: the fit expresses the measurements as efficiencies relative to them."""
+
+
+def measure_every_kind() -> list[ComputeSample]:
+    """Matmuls, attention and copies, each at sizes whose middle one is held out of fits."""
+    return [
+        *measure_matmul([256, 512, 768, 1024]),
+        *measure_attention([256, 512, 768, 1024]),
+        *measure_copy([32, 64, 128]),
+    ]
+
+
+HELD_OUT = (2, 6, 9)
+"""The 768 matmul, the 768-token attention and the 64 MiB copy: inside the fitted range."""
+
+
 @pytest.mark.slow
-def test_calibration_on_this_cpu_predicts_its_own_measurements(tmp_path: Path) -> None:
-    cpu = GpuSpec("cpu", tflops=0.1, memory_gib=8.0, hbm_gbps=10.0)
+def test_calibration_on_this_cpu_is_saved_and_usable(tmp_path: Path) -> None:
     path = tmp_path / "cpu.json"
 
-    fitted = calibrate(cpu, save_to=path)
+    fitted = calibrate(CPU, save_to=path)
 
     assert load_calibration(path) == fitted
     assert fitted.mfu_linear > 0 and fitted.mfu_attention > 0 and fitted.hbm_efficiency > 0
-    check = measure_matmul([768], seed=1)[0]
-    predicted = compute_seconds(check.work, cpu, fitted)
-    # A shared CPU can slow any single measurement several-fold; units or fit errors would
-    # be off by orders of magnitude.
-    assert 0.1 < predicted / check.seconds < 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_compute_fit_predicts_held_out_kernels_within_a_factor_of_three() -> None:
+    """Fit on this CPU, predict kernels the fit never saw.
+
+    A shared 2-core machine slows single timings several-fold, and only ever slows them, so
+    every kernel keeps its fastest of five rounds (each itself a best of five), interleaved
+    so that held-out and fitted kernels meet the same load. What remains is the linear
+    model's own error across sizes (cache effects make large matmuls more efficient) and
+    leftover noise, well inside a factor of three at the median; a broken fit or a unit slip
+    between the kinds of work misses by far more.
+    """
+    rounds = [measure_every_kind() for _ in range(5)]
+    fastest = [min(kernel, key=lambda s: s.seconds) for kernel in zip(*rounds, strict=True)]
+    fitted = fit_compute(
+        [s for i, s in enumerate(fastest) if i not in HELD_OUT], CPU, prior=CostCoefficients()
+    )
+
+    ratios = [compute_seconds(fastest[i].work, CPU, fitted) / fastest[i].seconds for i in HELD_OUT]
+
+    assert 1 / 3 < statistics.median(ratios) < 3, ratios
