@@ -6,6 +6,8 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY, generate_latest
 
 from controllers import metrics
@@ -134,3 +136,45 @@ def test_every_family_is_exposed_with_its_type() -> None:
         "modelfleet_routingpolicy_observed_cost_per_1k_tokens": "gauge",
     }
     assert "# TYPE modelfleet_modelpool_migrations_total counter" in generate_latest().decode()
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    operations=st.lists(
+        st.tuples(
+            st.sampled_from(["FedJob", "ModelPool"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["True", "False", "Unknown", None]),
+        ),
+        max_size=30,
+    )
+)
+def test_resource_counts_match_a_recount_after_any_sequence(
+    operations: list[tuple[str, str, str | None]],
+) -> None:
+    """The running counts against the oracle: count the final statuses by hand (``None``
+    forgets the resource). A book of its own publishes its counts to the shared gauge, so
+    the gauge holds exactly this book's counts for the kinds it touched."""
+    book = metrics.ReadinessBook(metrics.StatusSeries())
+    namespace = f"ns-{next(_names)}"
+    kinds = ("FedJob", "ModelPool")
+    statuses = ("True", "False", "Unknown")
+    final: dict[tuple[str, str], str] = {}
+    for kind, name, ready in operations:
+        if ready is None:
+            book.forget(kind, namespace, name)
+            final.pop((kind, name), None)
+        else:
+            book.record(kind, namespace, name, ready)
+            final[(kind, name)] = ready
+    for kind, ready in itertools.product(kinds, statuses):
+        touched = any(k == kind for k, _, _ in operations)
+        if not touched:
+            continue
+        expected = sum(1 for (k, _), r in final.items() if k == kind and r == ready)
+        published = REGISTRY.get_sample_value(
+            "modelfleet_resources", {"kind": kind, "ready": ready}
+        )
+        assert published == expected, (kind, ready)
+    for kind, name in list(final):
+        book.forget(kind, namespace, name)
