@@ -31,8 +31,8 @@ from modelfleet.core.workload import (
     WorkloadState,
     distribute_ready,
 )
-from modelfleet.serving.frontend import OPTIONS_KEY
 from modelfleet.serving.plan import ENTRYPOINT as POOL_ENTRYPOINT
+from modelfleet.serving.plan import OPTIONS_KEY
 
 RAY_NAMESPACE = "modelfleet"
 DEPLOYING = "Deploying"

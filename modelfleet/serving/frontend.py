@@ -46,6 +46,7 @@ from modelfleet.serving.openai_requests import (
     choice_params,
     parse_request,
 )
+from modelfleet.serving.plan import OPTIONS_KEY
 from modelfleet.serving.replica import EngineSpec
 from modelfleet.serving.responses import (
     ChoiceFormat,
@@ -59,9 +60,6 @@ from modelfleet.serving.responses import (
 from modelfleet.serving.slo import SloWindow
 from modelfleet.serving.tokenizer import ChatTemplateError, ChatTurn, TextTokenizer
 from modelfleet.serving.torch_engine import EngineConfig
-
-OPTIONS_KEY = "servingOptions"
-"""Optional key next to the spec fields in ``build``'s args; the operator leaves it out."""
 
 
 class ServingOptions(ApiModel):

@@ -21,6 +21,9 @@ from modelfleet.core.workload import (
 )
 
 ENTRYPOINT = "modelfleet.serving.app"
+OPTIONS_KEY = "servingOptions"
+"""Optional key next to the spec fields in the app's build args: serving options of the
+backend (the local backend sets replica CPUs), not of the user's spec."""
 
 
 def gpus_per_replica(spec: ModelPoolSpec) -> int:
