@@ -27,6 +27,7 @@ import os
 import statistics
 from dataclasses import replace
 
+import numpy as np
 import ray
 from result_lines import print_result
 
@@ -78,9 +79,9 @@ def summarise(reports: list[MigrationReport]) -> dict[str, float]:
     return {key: 1e3 * statistics.median(getattr(r, key) for r in reports) for key in keys}
 
 
-async def measure(lengths: list[int], repeats: int) -> dict[int, tuple[float, float]]:
+async def measure(lengths: list[int], repeats: int) -> dict[int, dict[int, list[float]]]:
     """Print downtime and its parts per length for staged and stop-and-copy migration;
-    return the median (staged, stop-and-copy) downtime in seconds by length."""
+    return every downtime in seconds by length and staging rounds (4: staged, 0: not)."""
     longest = max(lengths) + DECODE_TOKENS + 16
     model = ServedModel(name="tiny", uri="builtin://tiny-llama", max_model_len=longest)
     spec = ModelPoolSpec(models=[model], replicas=2)
@@ -91,7 +92,7 @@ async def measure(lengths: list[int], repeats: int) -> dict[int, tuple[float, fl
         f"{'tokens':>7} {'mode':>13} {'downtime':>9} {'export':>7} {'transfer':>9} "
         f"{'import':>7} {'step wait':>10}  blocks   (ms, medians of {repeats})"
     )
-    medians = {}
+    downtimes: dict[int, dict[int, list[float]]] = {}
     for length in lengths:
         prompt = [(31 * i + 7) % 256 for i in range(length)]
         reference = await run_unmigrated(manager, prompt)
@@ -111,10 +112,20 @@ async def measure(lengths: list[int], repeats: int) -> dict[int, tuple[float, fl
                 f"{parts['transfer_s']:9.1f} {parts['import_s']:7.1f} "
                 f"{parts['step_wait_s']:10.1f}  {blocks}"
             )
-        staged, full = (statistics.median(r.downtime_s for r in reports[k]) for k in (4, 0))
-        medians[length] = (staged, full)
+        downtimes[length] = {k: [r.downtime_s for r in mine] for k, mine in reports.items()}
     await manager.shutdown()
-    return medians
+    return downtimes
+
+
+def bootstrap_median_ratio(top: list[float], bottom: list[float]) -> tuple[float, float, float]:
+    """median(top) / median(bottom) with its 95% bootstrap interval (repeats resampled)."""
+    rng = np.random.default_rng(0)
+    draws = [
+        np.median(np.array(v)[rng.integers(0, len(v), (2000, len(v)))], axis=1)
+        for v in (top, bottom)
+    ]
+    low, high = np.percentile(draws[0] / draws[1], [2.5, 97.5])
+    return float(np.median(top) / np.median(bottom)), float(low), float(high)
 
 
 def name_length(tokens: int) -> str:
@@ -129,17 +140,25 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    medians = asyncio.run(measure(args.lengths, args.repeats))
+    downtimes = asyncio.run(measure(args.lengths, args.repeats))
     ray.shutdown()
-    shortest, longest = min(medians), max(medians)
-    for length, (staged, full) in medians.items():
-        print(f"{length:7d} tokens: stop-and-copy / staged downtime {full / staged:.2f}x")
-    print_result(
-        f"migration_downtime_growth_{name_length(shortest)}_to_{name_length(longest)}",
-        medians[longest][0] / medians[shortest][0],
+    shortest, longest = min(downtimes), max(downtimes)
+    for length, by_mode in downtimes.items():
+        ratio, low, high = bootstrap_median_ratio(by_mode[0], by_mode[4])
+        print(
+            f"{length:7d} tokens: stop-and-copy / staged downtime {ratio:.2f}x "
+            f"[{low:.2f}, {high:.2f}]"
+        )
+    growth, low, high = bootstrap_median_ratio(downtimes[longest][4], downtimes[shortest][4])
+    print(
+        f"staged downtime growth from {shortest} to {longest} tokens: {growth:.2f}x "
+        f"[{low:.2f}, {high:.2f}] (95% bootstrap interval)"
     )
-    staged, full = medians[longest]
-    print_result(f"migration_stop_and_copy_over_staged_at_{name_length(longest)}", full / staged)
+    print_result(
+        f"migration_downtime_growth_{name_length(shortest)}_to_{name_length(longest)}", growth
+    )
+    at_longest, _, _ = bootstrap_median_ratio(downtimes[longest][0], downtimes[longest][4])
+    print_result(f"migration_stop_and_copy_over_staged_at_{name_length(longest)}", at_longest)
 
 
 if __name__ == "__main__":
