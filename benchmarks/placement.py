@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
 
 import numpy as np
 from result_lines import print_result
@@ -32,24 +31,42 @@ from result_lines import print_result
 from modelfleet.scheduling.costmodel import CostCoefficients, ModelSpec
 from modelfleet.scheduling.inventory import Inventory, describe_node, read_inventory
 from modelfleet.scheduling.placement import (
+    ISLAND_ORDER,
+    ROUND_ROBIN,
     Layout,
     Placement,
+    RankOrder,
     Result,
     SearchSpace,
+    order_as_scheduled,
     plan_all_rdma,
-    plan_default_scheduler,
-    plan_island_packed,
+    plan_in_order,
     plan_placement,
-    plan_round_robin,
 )
 
 SEEDS = range(10)
 Planner = Callable[[ModelSpec, Inventory, SearchSpace | None, CostCoefficients | None], Result]
+
+
+def in_order(order: RankOrder) -> Planner:
+    """A baseline planner that hands GPUs to ranks in ``order``."""
+
+    def plan(
+        model: ModelSpec,
+        inventory: Inventory,
+        space: SearchSpace | None,
+        coefficients: CostCoefficients | None,
+    ) -> Result:
+        return plan_in_order(model, inventory, order, space, coefficients)
+
+    return plan
+
+
 PLANNERS: dict[str, Planner] = {
     "nic-aware": plan_placement,
-    "island packing": plan_island_packed,
-    **{f"default scheduler {seed}": partial(plan_default_scheduler, seed=seed) for seed in SEEDS},
-    "round-robin": plan_round_robin,
+    "island packing": in_order(ISLAND_ORDER),
+    **{f"default scheduler {seed}": in_order(order_as_scheduled(seed)) for seed in SEEDS},
+    "round-robin": in_order(ROUND_ROBIN),
     "all-rdma ideal": plan_all_rdma,
 }
 MODELS = {

@@ -17,11 +17,11 @@ proportion to its speed within its memory (``allocate_layers``); price the itera
 the cost model. The cheapest wins.
 
 Baselines, priced by the same model and given the same speed-aware layer allocation, so
-that they differ from NIC-aware planning only in where ranks go: ``plan_island_packed``
-(ranks fill nodes sorted by island label), ``plan_default_scheduler`` (nodes in arbitrary
-order, ranks node-contiguous), ``plan_packed`` (ranks fill nodes in inventory order),
-``plan_round_robin`` (ranks dealt to nodes in turn) and ``plan_all_rdma`` (the NIC-aware
-search on the same GPUs as if every link were RDMA).
+that they differ from NIC-aware planning only in where ranks go: ``plan_in_order`` with
+``ISLAND_ORDER`` (ranks fill nodes sorted by island label), ``order_as_scheduled(seed)``
+(nodes in arbitrary order, ranks node-contiguous), ``INVENTORY_ORDER`` (ranks fill nodes
+in inventory order) or ``ROUND_ROBIN`` (ranks dealt to nodes in turn); and
+``plan_all_rdma`` (the NIC-aware search on the same GPUs as if every link were RDMA).
 
 Layouts and rank order live in ``parallel_layout``, pricing in ``iteration_cost``, stage
 enumeration in ``stage_candidates``.
@@ -45,12 +45,14 @@ from modelfleet.scheduling.parallel_layout import (
     list_collective_groups,
 )
 from modelfleet.scheduling.stage_candidates import (
+    INVENTORY_ORDER,
+    ISLAND_ORDER,
+    ROUND_ROBIN,
     Candidates,
-    deal_round_robin,
+    RankOrder,
     enumerate_fabric_stages,
     enumerate_nic_aware_stages,
-    shuffle_nodes,
-    sort_by_island,
+    order_as_scheduled,
     stage_in_order,
 )
 
@@ -108,57 +110,18 @@ def plan_all_rdma(
     return planner.search(inventory, "all-rdma", enumerate_fabric_stages)
 
 
-def plan_round_robin(
+def plan_in_order(
     model: ModelSpec,
     inventory: Inventory,
+    order: RankOrder,
     space: SearchSpace | None = None,
     coefficients: CostCoefficients | None = None,
     usable_fraction: float = DEFAULT_USABLE_FRACTION,
 ) -> Result:
-    """NIC-oblivious baseline: rank r goes to the next node in turn."""
+    """NIC-oblivious baseline: ranks take GPUs in ``order``, stage after stage (see
+    ``ROUND_ROBIN``, ``INVENTORY_ORDER``, ``ISLAND_ORDER``, ``order_as_scheduled``)."""
     planner = _Planner.create(model, space, coefficients, usable_fraction, all_rdma=False)
-    return planner.search(inventory, "round-robin", stage_in_order(deal_round_robin))
-
-
-def plan_packed(
-    model: ModelSpec,
-    inventory: Inventory,
-    space: SearchSpace | None = None,
-    coefficients: CostCoefficients | None = None,
-    usable_fraction: float = DEFAULT_USABLE_FRACTION,
-) -> Result:
-    """NIC-oblivious baseline: ranks fill nodes in inventory order."""
-    planner = _Planner.create(model, space, coefficients, usable_fraction, all_rdma=False)
-    return planner.search(inventory, "packed", stage_in_order(list))
-
-
-def plan_island_packed(
-    model: ModelSpec,
-    inventory: Inventory,
-    space: SearchSpace | None = None,
-    coefficients: CostCoefficients | None = None,
-    usable_fraction: float = DEFAULT_USABLE_FRACTION,
-) -> Result:
-    """Baseline: ranks fill nodes sorted by island label, so islands are contiguous but
-    stages are cut wherever the rank count falls, island boundaries or not."""
-    planner = _Planner.create(model, space, coefficients, usable_fraction, all_rdma=False)
-    return planner.search(inventory, "island-packed", stage_in_order(sort_by_island))
-
-
-def plan_default_scheduler(
-    model: ModelSpec,
-    inventory: Inventory,
-    space: SearchSpace | None = None,
-    coefficients: CostCoefficients | None = None,
-    usable_fraction: float = DEFAULT_USABLE_FRACTION,
-    seed: int = 0,
-) -> Result:
-    """Baseline: nodes in the arbitrary order pods land on them (``seed``), ranks
-    node-contiguous, as a job of one pod per node under the default scheduler gets."""
-    planner = _Planner.create(model, space, coefficients, usable_fraction, all_rdma=False)
-    return planner.search(
-        inventory, f"default-scheduler-{seed}", stage_in_order(shuffle_nodes(seed))
-    )
+    return planner.search(inventory, order.name, stage_in_order(order.arrange))
 
 
 def evaluate(
@@ -252,9 +215,13 @@ class _Planner:
 
 __all__ = [
     "DEFAULT_USABLE_FRACTION",
+    "INVENTORY_ORDER",
+    "ISLAND_ORDER",
+    "ROUND_ROBIN",
     "Breakdown",
     "Layout",
     "Placement",
+    "RankOrder",
     "Result",
     "SearchSpace",
     "Stage",
@@ -262,10 +229,8 @@ __all__ = [
     "allocate_layers",
     "evaluate",
     "list_collective_groups",
+    "order_as_scheduled",
     "plan_all_rdma",
-    "plan_default_scheduler",
-    "plan_island_packed",
-    "plan_packed",
+    "plan_in_order",
     "plan_placement",
-    "plan_round_robin",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from modelfleet.scheduling.inventory import Device
 from modelfleet.scheduling.parallel_layout import Layout, list_collective_groups
@@ -135,22 +136,30 @@ def stage_in_order(
     return candidates
 
 
+@dataclass(frozen=True)
+class RankOrder:
+    """A NIC-oblivious way of handing GPUs to ranks: a name for reports and the order."""
+
+    name: str
+    arrange: Callable[[Sequence[Device]], list[Device]]
+
+
 def sort_by_island(devices: Sequence[Device]) -> list[Device]:
     """Nodes grouped by fabric domain (island label, else the node itself), then by name:
     the packing an operator gets by sorting nodes on the island label."""
     return sorted(devices, key=lambda d: (d.node.domain, d.node.name))
 
 
-def shuffle_nodes(seed: int) -> Callable[[Sequence[Device]], list[Device]]:
+def order_as_scheduled(seed: int) -> RankOrder:
     """Whole nodes in a random order, ranks node-contiguous: what the default scheduler
     gives a job of one pod per node whose launcher numbers nodes as pods start."""
 
-    def order(devices: Sequence[Device]) -> list[Device]:
+    def arrange(devices: Sequence[Device]) -> list[Device]:
         nodes = list(_group_by(devices, lambda d: d.node.name).values())
         random.Random(seed).shuffle(nodes)
         return [d for node in nodes for d in node]
 
-    return order
+    return RankOrder(f"default-scheduler-{seed}", arrange)
 
 
 def deal_round_robin(devices: Sequence[Device]) -> list[Device]:
@@ -162,3 +171,8 @@ def deal_round_robin(devices: Sequence[Device]) -> list[Device]:
         for node in per_node
         if i < len(node)
     ]
+
+
+ROUND_ROBIN = RankOrder("round-robin", deal_round_robin)
+INVENTORY_ORDER = RankOrder("packed", list)
+ISLAND_ORDER = RankOrder("island-packed", sort_by_island)

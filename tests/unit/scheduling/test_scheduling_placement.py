@@ -18,6 +18,8 @@ from modelfleet.scheduling.costmodel import (
 from modelfleet.scheduling.inventory import Device, Inventory, describe_node, read_inventory
 from modelfleet.scheduling.placement import (
     DEFAULT_USABLE_FRACTION,
+    INVENTORY_ORDER,
+    ROUND_ROBIN,
     Layout,
     Placement,
     SearchSpace,
@@ -26,9 +28,8 @@ from modelfleet.scheduling.placement import (
     evaluate,
     list_collective_groups,
     plan_all_rdma,
-    plan_packed,
+    plan_in_order,
     plan_placement,
-    plan_round_robin,
 )
 
 TINY_MODEL = ModelSpec(layers=4, hidden=1024, params=2e8, seq_len=2048, global_batch=8)
@@ -156,8 +157,8 @@ def test_nic_aware_beats_round_robin_and_packing_on_a_mixed_cluster() -> None:
     space = SearchSpace(tp=(1, 2, 4, 8), pp=(1, 2, 4, 6), dp=(1, 2, 4), sp=(1, 2))
 
     aware = placed(plan_placement(model, inventory, space))
-    round_robin = placed(plan_round_robin(model, inventory, space))
-    packed = placed(plan_packed(model, inventory, space))
+    round_robin = placed(plan_in_order(model, inventory, ROUND_ROBIN, space))
+    packed = placed(plan_in_order(model, inventory, INVENTORY_ORDER, space))
     ideal = placed(plan_all_rdma(model, inventory, space))
 
     assert aware.iteration_s < round_robin.iteration_s
@@ -181,8 +182,8 @@ def test_same_layout_placed_obliviously_crosses_ethernet_and_is_slower() -> None
     one = SearchSpace(tp=(8,), pp=(2,), dp=(2,), sp=(1,))
 
     aware = placed(plan_placement(model, inventory, one))
-    packed = placed(plan_packed(model, inventory, one))
-    round_robin = placed(plan_round_robin(model, inventory, one))
+    packed = placed(plan_in_order(model, inventory, INVENTORY_ORDER, one))
+    round_robin = placed(plan_in_order(model, inventory, ROUND_ROBIN, one))
 
     assert aware.layout == packed.layout == round_robin.layout
     assert_collectives_avoid_ethernet(aware)
