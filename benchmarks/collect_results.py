@@ -71,7 +71,7 @@ def main() -> int:
     parser.add_argument("logs", type=Path, nargs="+")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results.md")
     args = parser.parse_args()
-    args.output.write_text(render(sorted(args.logs)))
+    args.output.write_text(render(args.logs))
     print(f"wrote {args.output}")
     return 0
 

@@ -144,8 +144,9 @@ class EngineDeployment:
         self._queues: dict[str, asyncio.Queue[TokenEvent]] = {}
         self._pump: asyncio.Task[None] | None = None
 
-    async def generate(self, prompt: Sequence[int], max_tokens: int) -> AsyncIterator[int]:
-        """Token ids as the engine produces them."""
+    async def generate(self, prompt: Sequence[int], max_tokens: int) -> AsyncIterator[list[int]]:
+        """Token ids as the engine produces them, every token already there in one message
+        (one message per token would charge Serve's streaming for what the pool batches)."""
         if self._pump is None:
             await self._replica.start()
             self._pump = asyncio.get_running_loop().create_task(self._deliver())
@@ -156,9 +157,11 @@ class EngineDeployment:
         try:
             await self._replica.add(request_id, prompt, params, 0)
             while True:
-                event = await queue.get()
-                yield event.token_id
-                if event.finished:
+                events = [await queue.get()]
+                while not queue.empty():
+                    events.append(queue.get_nowait())
+                yield [event.token_id for event in events]
+                if events[-1].finished:
                     return
         finally:
             self._queues.pop(request_id, None)
