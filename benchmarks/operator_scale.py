@@ -20,7 +20,10 @@ over: a list of thousands of objects costs the API server more CPU than the
 operator spends on them and would distort what is measured. The operator's
 resident memory and CPU time are read from /proc once everything has settled.
 Comparing N values measured in the same run, on the same machine, says how
-the cost grows rather than how fast this machine happens to be.
+the cost grows rather than how fast this machine happens to be. Each N runs
+``--repeats`` times (3), interleaved across N so that a noisy minute does not
+land on one N only; ratios are of medians, with 95% bootstrap intervals over
+the repeats.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import argparse
 import itertools
 import math
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -293,14 +298,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(
-    cluster: LocalCluster, count: int, workdir: Path, timeout: float, resync_seconds: float
+    cluster: LocalCluster,
+    count: int,
+    repeat: int,
+    workdir: Path,
+    timeout: float,
+    resync_seconds: float,
 ) -> Run:
     """Run one fresh operator over ``count`` new FedJobs in a namespace of their own."""
-    namespace = f"scale-{count}"
+    namespace = f"scale-{count}-{repeat}"
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     objects = client.CustomObjectsApi(api)
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
-    log = workdir / f"operator-{count}.log"
+    log = workdir / f"operator-{count}-{repeat}.log"
     apiserver = int((cluster.workdir / "kube-apiserver.pid").read_text())
     bodies = fedjob_bodies(count)
     operator = start_operator(cluster, namespace, log, resync_seconds)
@@ -309,12 +319,17 @@ def measure(
     ).start()
     try:
         webhook_s = wait_for_webhook(objects, namespace, operator, log)
-        print(f"N={count}: webhook answering after {webhook_s:.1f} s; creating", flush=True)
+        print(
+            f"N={count} run {repeat}: webhook answering after {webhook_s:.1f} s; creating",
+            flush=True,
+        )
         cpu_before = cpu_seconds(operator.pid), cpu_seconds(apiserver)
         started = time.perf_counter()
         created = create_fedjobs(objects, namespace, bodies)
         created_s = time.perf_counter() - started
-        print(f"N={count}: created in {created_s:.1f} s; waiting to settle", flush=True)
+        print(
+            f"N={count} run {repeat}: created in {created_s:.1f} s; waiting to settle", flush=True
+        )
         wait_until_settled(watcher, set(created), started + timeout, operator, log)
         rss_mib = proc_status_kib(operator.pid, "VmRSS") / 1024
         cpu = cpu_seconds(operator.pid) - cpu_before[0], cpu_seconds(apiserver) - cpu_before[1]
@@ -343,63 +358,92 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def rss_kib_per_resource(run: Run, base: Run) -> float:
-    """Operator memory each resource beyond the smallest run's adds, in KiB."""
-    return (run.rss_mib - base.rss_mib) * 1024 / (run.count - base.count)
+def rss_kib_per_resource(rss_mib: float, count: int, base_rss_mib: float, base_count: int) -> float:
+    """Operator memory each resource beyond the smallest N's adds, in KiB."""
+    return (rss_mib - base_rss_mib) * 1024 / (count - base_count)
 
 
-def print_table(runs: list[Run]) -> None:
-    """CPU columns count only what was spent from the first create to the last settle."""
-    base = runs[0]
+def per_resource_ms(run: Run) -> float:
+    return 1000 * run.seconds / run.count
+
+
+def p99(run: Run) -> float:
+    return percentile(run.latencies, 0.99)
+
+
+def bootstrap_ratio(top: list[float], bottom: list[float]) -> tuple[float, float, float]:
+    """median(top) / median(bottom) with its 95% bootstrap interval, repeats resampled."""
+    rng = random.Random(0)
+    draws = sorted(
+        statistics.median(rng.choices(top, k=len(top)))
+        / statistics.median(rng.choices(bottom, k=len(bottom)))
+        for _ in range(2000)
+    )
+    ratio = statistics.median(top) / statistics.median(bottom)
+    return ratio, draws[int(0.025 * len(draws))], draws[int(0.975 * len(draws)) - 1]
+
+
+def print_table(by_count: dict[int, list[Run]]) -> None:
+    """Every run; CPU columns count only what was spent from the first create to the last
+    settle."""
     print(
-        f"{'N':>6} {'all settled (s)':>16} {'per resource (ms)':>18} {'p50 (s)':>8} "
-        f"{'p99 (s)':>8} {'operator CPU (s)':>17} {'apiserver CPU (s)':>18} "
-        f"{'RSS (MiB)':>10} {f'KiB/resource vs N={base.count}':>23}"
+        f"{'N':>6} {'run':>4} {'all settled (s)':>16} {'per resource (ms)':>18} {'p50 (s)':>8} "
+        f"{'p99 (s)':>8} {'operator CPU (s)':>17} {'apiserver CPU (s)':>18} {'RSS (MiB)':>10}"
     )
-    for run in runs:
-        extra = f"{rss_kib_per_resource(run, base):.1f}" if run is not base else "-"
+    for count, runs in by_count.items():
+        for repeat, run in enumerate(runs):
+            print(
+                f"{count:>6} {repeat:>4} {run.seconds:>16.1f} {per_resource_ms(run):>18.1f} "
+                f"{percentile(run.latencies, 0.5):>8.2f} {p99(run):>8.2f} "
+                f"{run.cpu_seconds:>17.1f} {run.apiserver_cpu_seconds:>18.1f} "
+                f"{run.rss_mib:>10.1f}"
+            )
+    for count, runs in by_count.items():
+        verdicts = sum((run.verdicts for run in runs), Counter[str]())
         print(
-            f"{run.count:>6} {run.seconds:>16.1f} {1000 * run.seconds / run.count:>18.1f} "
-            f"{percentile(run.latencies, 0.5):>8.2f} {percentile(run.latencies, 0.99):>8.2f} "
-            f"{run.cpu_seconds:>17.1f} {run.apiserver_cpu_seconds:>18.1f} "
-            f"{run.rss_mib:>10.1f} {extra:>23}"
+            f"N={count} settled at: " + ", ".join(f"{n} x {v}" for v, n in verdicts.most_common())
         )
-    for run in runs:
-        verdicts = ", ".join(f"{n} x {v}" for v, n in run.verdicts.most_common())
-        print(f"N={run.count} settled at: {verdicts}")
 
 
-def print_growth(runs: list[Run]) -> None:
-    """Each N against the smallest, and the local growth exponent between neighbours:
-    time ~ N^k, so k=1 is proportional growth and k>1 is faster than that."""
-    base = runs[0]
-    for run in runs[1:]:
-        scale = run.count / base.count
-        print(
-            f"ratio N={run.count} vs N={base.count} ({scale:.0f}x resources): "
-            f"time {run.seconds / base.seconds:.2f}x, "
-            f"time per resource {run.seconds / base.seconds / scale:.2f}x, "
-            f"p99 {percentile(run.latencies, 0.99) / percentile(base.latencies, 0.99):.2f}x, "
-            f"RSS {run.rss_mib / base.rss_mib:.2f}x"
+def print_growth(by_count: dict[int, list[Run]]) -> None:
+    """Each N against the smallest (medians over repeats, with 95% bootstrap intervals),
+    and the local growth exponent between neighbours: time ~ N^k, so k=1 is proportional
+    growth and k>1 is faster than that."""
+    counts = list(by_count)
+    base = by_count[counts[0]]
+    for count in counts[1:]:
+        runs = by_count[count]
+        cells = []
+        for label, measure_of in (("time per resource", per_resource_ms), ("p99", p99)):
+            ratio, low, high = bootstrap_ratio(
+                [measure_of(r) for r in runs], [measure_of(r) for r in base]
+            )
+            cells.append(f"{label} {ratio:.2f}x [{low:.2f}, {high:.2f}]")
+        rss = statistics.median(r.rss_mib for r in runs) / statistics.median(
+            r.rss_mib for r in base
         )
-    for smaller, larger in itertools.pairwise(runs):
-        growth = math.log(larger.seconds / smaller.seconds)
-        exponent = growth / math.log(larger.count / smaller.count)
-        print(f"time to all settled ~ N^{exponent:.2f} from N={smaller.count} to N={larger.count}")
+        print(f"N={count} vs N={counts[0]}: " + ", ".join(cells) + f", RSS {rss:.2f}x")
+    for smaller, larger in itertools.pairwise(counts):
+        seconds = [statistics.median(r.seconds for r in by_count[n]) for n in (smaller, larger)]
+        exponent = math.log(seconds[1] / seconds[0]) / math.log(larger / smaller)
+        print(f"time to all settled ~ N^{exponent:.2f} from N={smaller} to N={larger} (medians)")
 
 
-def print_results(runs: list[Run]) -> None:
-    base, largest = runs[0], runs[-1]
-    scale = largest.count / base.count
-    print_result(
-        f"operator_time_per_resource_ratio_{largest.count}_vs_{base.count}",
-        largest.seconds / base.seconds / scale,
+def print_results(by_count: dict[int, list[Run]]) -> None:
+    counts = list(by_count)
+    smallest, largest = counts[0], counts[-1]
+    ratio, _, _ = bootstrap_ratio(
+        [per_resource_ms(r) for r in by_count[largest]],
+        [per_resource_ms(r) for r in by_count[smallest]],
     )
-    print_result(f"operator_rss_mib_{largest.count}", largest.rss_mib)
-    for run in runs:
-        print_result(f"operator_p99_settle_s_{run.count}", percentile(run.latencies, 0.99))
+    rss = {n: statistics.median(r.rss_mib for r in runs) for n, runs in by_count.items()}
+    print_result(f"operator_time_per_resource_ratio_{largest}_vs_{smallest}", ratio)
+    print_result(f"operator_rss_mib_{largest}", rss[largest])
+    for count, runs in by_count.items():
+        print_result(f"operator_p99_settle_s_{count}", statistics.median(p99(r) for r in runs))
     print_result(
-        f"operator_rss_kib_per_resource_{largest.count}", rss_kib_per_resource(largest, base)
+        f"operator_rss_kib_per_resource_{largest}",
+        rss_kib_per_resource(rss[largest], largest, rss[smallest], smallest),
     )
 
 
@@ -416,6 +460,9 @@ def main() -> int:
         help="the operator's periodic re-reconcile of every resource (its default: 30); "
         "a run longer than this also pays for resyncing the resources already settled",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="fresh operators per N, interleaved across N"
+    )
     args = parser.parse_args()
     counts = sorted(set(args.counts))
     if len(counts) < 2:
@@ -426,16 +473,22 @@ def main() -> int:
         try:
             cluster.kubectl("apply", "-f", str(ROOT / "crds"))
             cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
-            runs = [
-                measure(cluster, count, workdir, args.timeout, args.resync_seconds)
-                for count in counts
-            ]
+            by_count: dict[int, list[Run]] = {count: [] for count in counts}
+            for repeat in range(args.repeats):
+                for count in counts:
+                    run = measure(
+                        cluster, count, repeat, workdir, args.timeout, args.resync_seconds
+                    )
+                    by_count[count].append(run)
         finally:
             cluster.stop()
-    print(f"operator --resync-seconds={args.resync_seconds:g}, counts {counts}")
-    print_table(runs)
-    print_growth(runs)
-    print_results(runs)
+    print(
+        f"operator --resync-seconds={args.resync_seconds:g}, counts {counts}, "
+        f"{args.repeats} repeats"
+    )
+    print_table(by_count)
+    print_growth(by_count)
+    print_results(by_count)
     return 0
 
 
