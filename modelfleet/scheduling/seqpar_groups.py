@@ -109,10 +109,6 @@ class SeqParSetup:
     coefficients: CostCoefficients
     total_peak_flops: float
 
-    @property
-    def packing(self) -> bool:
-        return all(t.packing for t in self.types)
-
 
 def prepare(
     devices: Sequence[Device],
