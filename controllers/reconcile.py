@@ -88,12 +88,28 @@ def _ready_signature(status: BaseStatus) -> tuple[str, str] | None:
 
 
 def transition_events(previous: BaseStatus, status: BaseStatus) -> list[Event]:
-    """One Event when the Ready condition changes status or reason, none otherwise."""
+    """One Event when the Ready condition changes status or reason, none otherwise.
+
+    Normal while the resource is ready or still progressing toward it (``Deploying``),
+    Warning only for trouble: degraded, or not ready with nothing in progress (blocked,
+    invalid, failed), so ``kubectl get events`` does not read a rollout as an alarm.
+    """
     ready = find_condition(status.conditions, ConditionType.READY)
     if ready is None or _ready_signature(previous) == _ready_signature(status):
         return []
-    kind = "Normal" if ready.status is ConditionStatus.TRUE else "Warning"
-    return [Event(kind, ready.reason, ready.message[:1024])]
+    return [Event(classify_event(status), ready.reason, ready.message[:1024])]
+
+
+def classify_event(status: BaseStatus) -> str:
+    """``Normal`` or ``Warning`` for a status's Ready transition (see transition_events)."""
+
+    def holds(kind: ConditionType) -> bool:
+        condition = find_condition(status.conditions, kind)
+        return condition is not None and condition.status is ConditionStatus.TRUE
+
+    if holds(ConditionType.DEGRADED):
+        return "Warning"
+    return "Normal" if holds(ConditionType.READY) or holds(ConditionType.PROGRESSING) else "Warning"
 
 
 def _emit(info: KindInfo, body: kopf.Body, events: list[Event]) -> None:
