@@ -31,8 +31,26 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-ln -sf "$(command -v etcd)" "$BIN/etcd"
-ln -sf "$(command -v promtool)" "$BIN/promtool"
+# The packaged binary, found on PATH outside the cache: with the cache on PATH, `command -v`
+# would name the cache's own link, and linking it to itself breaks every later run.
+system_binary() {
+  local dir cache_dir
+  cache_dir=$(realpath -m "$BIN")
+  IFS=: read -ra dirs <<<"$PATH:/usr/bin:/usr/sbin:/bin"
+  for dir in "${dirs[@]}"; do
+    [ -n "$dir" ] && [ "$(realpath -m "$dir")" != "$cache_dir" ] || continue
+    case "$(realpath -m "$dir/$1")" in "$cache_dir"/*) continue ;; esac
+    if [ -x "$dir/$1" ]; then
+      echo "$dir/$1"
+      return
+    fi
+  done
+  log "$1 not found outside $BIN; is its Debian package installed?"
+  return 1
+}
+# Relinking each run also repairs a cache whose links point nowhere (or at themselves).
+ln -sfn "$(system_binary etcd)" "$BIN/etcd"
+ln -sfn "$(system_binary promtool)" "$BIN/promtool"
 
 # --- kube-apiserver 1.20 from Debian's kubernetes source package --------------
 build_apiserver() {
