@@ -59,10 +59,29 @@ REFERENCE_CHECKS: dict[str, Callable[[BaseModel, str, dict[str, Any]], str | Non
 """Checks of what a spec refers to, beyond its own validity."""
 
 
+def leaves_spec_alone(body: kopf.Body | None, old: kopf.Body | None) -> bool:
+    """Whether an UPDATE needs no validation: the spec is what was already stored (a status,
+    label or finalizer change), or the object is being deleted.
+
+    Validating those would let an object that a newer operator finds invalid never lose
+    its finalizer, so its delete would hang.
+    """
+    if body is None or old is None:
+        return False
+    deleting = (body.get("metadata") or {}).get("deletionTimestamp") is not None
+    return deleting or dict(body.get("spec") or {}) == dict(old.get("spec") or {})
+
+
 def _validator(info: KindInfo) -> Any:
     def validate(
-        spec: kopf.Spec, namespace: str | None = None, old: kopf.Body | None = None, **_: Any
+        spec: kopf.Spec,
+        namespace: str | None = None,
+        old: kopf.Body | None = None,
+        body: kopf.Body | None = None,
+        **_: Any,
     ) -> None:
+        if leaves_spec_alone(body, old):
+            return
         try:
             parsed = info.spec_model.model_validate(dict(spec))
         except ValidationError as error:
