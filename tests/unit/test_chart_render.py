@@ -71,6 +71,7 @@ def test_default_objects(default: list[Obj]) -> None:
     kinds = sorted(o["kind"] for o in default)
     assert kinds == sorted(
         ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "Secret"]
+        + ["PodDisruptionBudget"]
         + ["Service"] * 2
         + ["ServiceAccount", "ValidatingWebhookConfiguration"]
         + ["CustomResourceDefinition"] * 6
@@ -124,6 +125,21 @@ def test_deployment_is_hardened_and_highly_available(default: list[Obj]) -> None
     assert "--priority=auto" in args
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_disruption_budget_keeps_a_replica_through_drains(default: list[Obj]) -> None:
+    budget = one(default, "PodDisruptionBudget")
+    assert budget["apiVersion"] == "policy/v1"  # policy/v1beta1 only for clusters before 1.21
+    pods = one(default, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selector = budget["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pods.items()
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert one(default, "Deployment")["spec"]["replicas"] > budget["spec"]["maxUnavailable"]
+
+
+@pytest.mark.parametrize("values", ["replicaCount=1", "podDisruptionBudget.enabled=false"])
+def test_no_disruption_budget_that_would_block_every_drain(values: str) -> None:
+    assert by_kind(render(values), "PodDisruptionBudget") == []
 
 
 def test_one_replica_runs_standalone() -> None:
