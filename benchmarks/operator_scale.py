@@ -23,7 +23,10 @@ Comparing N values measured in the same run, on the same machine, says how
 the cost grows rather than how fast this machine happens to be. Each N runs
 ``--repeats`` times (3), interleaved across N so that a noisy minute does not
 land on one N only; ratios are of medians, with 95% bootstrap intervals over
-the repeats.
+the repeats. Ends with ``RESULT`` lines:
+``operator_time_per_resource_ratio_<largest N>_vs_<smallest N>``,
+``operator_rss_mib_<largest N>``, ``operator_p99_settle_s_<N>`` for each N and
+``operator_rss_kib_per_resource_<largest N>``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import argparse
 import itertools
 import math
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -44,7 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+from bootstrap import ratio_interval
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from result_lines import print_result
@@ -371,18 +375,6 @@ def p99(run: Run) -> float:
     return percentile(run.latencies, 0.99)
 
 
-def bootstrap_ratio(top: list[float], bottom: list[float]) -> tuple[float, float, float]:
-    """median(top) / median(bottom) with its 95% bootstrap interval, repeats resampled."""
-    rng = random.Random(0)
-    draws = sorted(
-        statistics.median(rng.choices(top, k=len(top)))
-        / statistics.median(rng.choices(bottom, k=len(bottom)))
-        for _ in range(2000)
-    )
-    ratio = statistics.median(top) / statistics.median(bottom)
-    return ratio, draws[int(0.025 * len(draws))], draws[int(0.975 * len(draws)) - 1]
-
-
 def print_table(by_count: dict[int, list[Run]]) -> None:
     """Every run; CPU columns count only what was spent from the first create to the last
     settle."""
@@ -415,8 +407,8 @@ def print_growth(by_count: dict[int, list[Run]]) -> None:
         runs = by_count[count]
         cells = []
         for label, measure_of in (("time per resource", per_resource_ms), ("p99", p99)):
-            ratio, low, high = bootstrap_ratio(
-                [measure_of(r) for r in runs], [measure_of(r) for r in base]
+            ratio, low, high = ratio_interval(
+                [measure_of(r) for r in runs], [measure_of(r) for r in base], np.median
             )
             cells.append(f"{label} {ratio:.2f}x [{low:.2f}, {high:.2f}]")
         rss = statistics.median(r.rss_mib for r in runs) / statistics.median(
@@ -432,9 +424,10 @@ def print_growth(by_count: dict[int, list[Run]]) -> None:
 def print_results(by_count: dict[int, list[Run]]) -> None:
     counts = list(by_count)
     smallest, largest = counts[0], counts[-1]
-    ratio, _, _ = bootstrap_ratio(
+    ratio, _, _ = ratio_interval(
         [per_resource_ms(r) for r in by_count[largest]],
         [per_resource_ms(r) for r in by_count[smallest]],
+        np.median,
     )
     rss = {n: statistics.median(r.rss_mib for r in runs) for n, runs in by_count.items()}
     print_result(f"operator_time_per_resource_ratio_{largest}_vs_{smallest}", ratio)

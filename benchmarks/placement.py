@@ -17,7 +17,11 @@ Views: each strategy's best layout, and layouts whose stages span two nodes impo
 (there placement alone decides whether TP/SP/DP collectives cross Ethernet). Headlines are
 geometric means over every cluster, model and view.
 
-Run: ``python benchmarks/placement.py`` (about half a minute).
+Ends with ``RESULT`` lines: ``placement_speedup_vs_island_packing``,
+``placement_speedup_vs_default_scheduler``, ``placement_over_ideal``,
+``placement_speedup_vs_round_robin``.
+
+Run: ``python benchmarks/placement.py`` (a few seconds).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from bootstrap import interval
 from result_lines import print_result
 
 from modelfleet.scheduling.costmodel import CostCoefficients, ModelSpec
@@ -154,22 +159,13 @@ def compare(
     shuffled = np.array([ratios.pop(f"default scheduler {seed}") for seed in SEEDS])
     placed = shuffled[np.isfinite(shuffled)]
     ratios["default scheduler"] = float(placed.mean()) if len(placed) else math.inf
-    low, high = bootstrap_mean(placed)
+    low, high = interval(placed, np.mean) if len(placed) else (math.nan, math.nan)
     print(
         f"  {'default sched.':15s} mean {ratios['default scheduler']:.2f}x nic-aware "
         f"[{low:.2f}, {high:.2f}], worst {placed.max() if len(placed) else math.nan:.2f}x, "
         f"{len(shuffled) - len(placed)} of {len(shuffled)} node orders do not fit"
     )
     return ratios
-
-
-def bootstrap_mean(values: np.ndarray) -> tuple[float, float]:
-    """95% bootstrap interval of the mean."""
-    if len(values) == 0:
-        return math.nan, math.nan
-    picks = np.random.default_rng(0).integers(0, len(values), (2000, len(values)))
-    low, high = np.percentile(values[picks].mean(axis=1), [2.5, 97.5])
-    return float(low), float(high)
 
 
 def geometric_mean(values: list[float]) -> float:

@@ -40,7 +40,8 @@ Steps, and why in this order:
    baseline's is price times total tokens of the answers it would have returned.
 
 Target stated in the output: at least 95% of the strongest model's accuracy at no more
-than 0.2x its cost.
+than 0.2x its cost. Ends with ``RESULT`` lines ``routing_quality_vs_strongest`` and
+``routing_cost_vs_strongest`` (the headline strategy), then one such pair per strategy.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+from bootstrap import interval
 from result_lines import print_result
 
 from modelfleet.api.routingpolicy import Strategy
@@ -88,7 +90,6 @@ STRATEGIES = (
 )
 """``cost-of-pass`` runs as it ships (no quality floor); ``cost-of-pass-floor`` adds the
 ``minQuality`` chosen on calibration. Both are declared before the test part is seen."""
-BOOTSTRAP = 2000
 T = TypeVar("T")
 
 
@@ -399,14 +400,6 @@ def pick_knob(results: dict[float, tuple[float, float]], reference: tuple[float,
 # ---- report -------------------------------------------------------------------------
 
 
-def bootstrap(correct: np.ndarray, seed: int) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean over queries."""
-    rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, len(correct), (BOOTSTRAP, len(correct)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
-
-
 def meets(outcome: Outcome, strongest: Outcome) -> bool:
     return (
         outcome.accuracy >= TARGET_QUALITY * strongest.accuracy
@@ -621,7 +614,7 @@ def print_table(
     extra = f"{'vs dear.':>9}{'vs dear.':>7}" if dearest else ""
     print(f"{'':<17}{'':>9} {'':>14}{'':>9}{'vs str.':>9}{'vs str.':>7}{extra}")
     for i, outcome in enumerate(outcomes):
-        low, high = bootstrap(outcome.correct, i)
+        low, high = interval(outcome.correct, np.mean, seed=i)
         ratios = [outcome.accuracy / strongest.accuracy, outcome.cost / strongest.cost]
         if dearest:
             ratios += [outcome.accuracy / dearest.accuracy, outcome.cost / dearest.cost]

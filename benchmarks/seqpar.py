@@ -11,6 +11,10 @@ makespans, each ratio to adaptive with a 95% bootstrap interval over steps, the 
 the work bound, and planning time per step (p50/max, after one warm-up plan). The MILP runs
 under a time limit, so the figures vary a little from run to run.
 
+Ends with ``RESULT`` lines: ``seqpar_speedup_vs_strongest_static`` and
+``seqpar_adaptive_over_bound`` (the long-document mix, and one pair per distribution),
+``seqpar_solve_ms_max``.
+
 Run: ``python benchmarks/seqpar.py`` (about 15 s).
 """
 
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from bootstrap import ratio_interval
 from result_lines import print_result, slug
 
 from modelfleet.scheduling.costmodel import ModelSpec
@@ -121,15 +126,6 @@ def list_baselines(table: np.ndarray, setup: SeqParSetup) -> list[Totals]:
     ]
 
 
-def bootstrap_ratio(baseline: np.ndarray, adaptive: np.ndarray) -> tuple[float, float]:
-    """95% bootstrap interval of sum(baseline) / sum(adaptive), resampling steps."""
-    rng = np.random.default_rng(0)
-    picks = rng.integers(0, len(adaptive), (2000, len(adaptive)))
-    ratios = baseline[picks].sum(axis=1) / adaptive[picks].sum(axis=1)
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
-
-
 def run(name: str, sample: Sampler, setup: SeqParSetup) -> tuple[float, float, float]:
     """Print one distribution's comparison; return (strongest static / adaptive, adaptive /
     bound, max solve ms)."""
@@ -148,7 +144,7 @@ def run(name: str, sample: Sampler, setup: SeqParSetup) -> tuple[float, float, f
     print(f"{name} (longest {longest} tokens, {len(steps)} steps over {len(SEEDS)} seeds)")
     print(f"  adaptive makespan {adaptive.sum():9.2f} s; winners {solvers}")
     for baseline in baselines:
-        low, high = bootstrap_ratio(baseline.per_step, adaptive)
+        _, low, high = ratio_interval(baseline.per_step, adaptive, np.sum, paired=True)
         print(
             f"  {baseline.name:<48} {baseline.total:9.2f} s  "
             f"/ adaptive {baseline.total / adaptive.sum():.3f}x [{low:.3f}, {high:.3f}]"

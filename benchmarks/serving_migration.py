@@ -29,6 +29,7 @@ from dataclasses import replace
 
 import numpy as np
 import ray
+from bootstrap import ratio_interval
 from result_lines import print_result
 
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel
@@ -117,17 +118,6 @@ async def measure(lengths: list[int], repeats: int) -> dict[int, dict[int, list[
     return downtimes
 
 
-def bootstrap_median_ratio(top: list[float], bottom: list[float]) -> tuple[float, float, float]:
-    """median(top) / median(bottom) with its 95% bootstrap interval (repeats resampled)."""
-    rng = np.random.default_rng(0)
-    draws = [
-        np.median(np.array(v)[rng.integers(0, len(v), (2000, len(v)))], axis=1)
-        for v in (top, bottom)
-    ]
-    low, high = np.percentile(draws[0] / draws[1], [2.5, 97.5])
-    return float(np.median(top) / np.median(bottom)), float(low), float(high)
-
-
 def name_length(tokens: int) -> str:
     """8192 as ``8k``, for RESULT names."""
     return f"{tokens // 1024}k" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)
@@ -144,12 +134,12 @@ def main() -> None:
     ray.shutdown()
     shortest, longest = min(downtimes), max(downtimes)
     for length, by_mode in downtimes.items():
-        ratio, low, high = bootstrap_median_ratio(by_mode[0], by_mode[4])
+        ratio, low, high = ratio_interval(by_mode[0], by_mode[4], np.median)
         print(
             f"{length:7d} tokens: stop-and-copy / staged downtime {ratio:.2f}x "
             f"[{low:.2f}, {high:.2f}]"
         )
-    growth, low, high = bootstrap_median_ratio(downtimes[longest][4], downtimes[shortest][4])
+    growth, low, high = ratio_interval(downtimes[longest][4], downtimes[shortest][4], np.median)
     print(
         f"staged downtime growth from {shortest} to {longest} tokens: {growth:.2f}x "
         f"[{low:.2f}, {high:.2f}] (95% bootstrap interval)"
@@ -157,7 +147,7 @@ def main() -> None:
     print_result(
         f"migration_downtime_growth_{name_length(shortest)}_to_{name_length(longest)}", growth
     )
-    at_longest, _, _ = bootstrap_median_ratio(downtimes[longest][0], downtimes[longest][4])
+    at_longest, _, _ = ratio_interval(downtimes[longest][0], downtimes[longest][4], np.median)
     print_result(f"migration_stop_and_copy_over_staged_at_{name_length(longest)}", at_longest)
 
 

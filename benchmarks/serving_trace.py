@@ -19,7 +19,9 @@ The policies take turns in a different order for each seed so none profits from 
 position. HTTP is left out (no Serve proxy) so the client does not compete for the two
 CPU cores. Printed: p50/p99 time to first token and end-to-end latency per policy over
 every seed's requests, and baseline / pool ratios with 95% bootstrap intervals (above 1:
-the pool is faster).
+the pool is faster). Ends with ``RESULT`` lines ``trace_p99_ttft_speedup_vs_<baseline>``
+and ``trace_p99_e2e_speedup_vs_<baseline>`` for each baseline (``ray_serve_router``,
+``round_robin``, ``load_aware_no_migration``).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import ray
+from bootstrap import ratio_interval
 from ray import serve
 from result_lines import print_result, slug
 
@@ -238,21 +242,6 @@ def percentiles(values: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
-def bootstrap_ratio(
-    baseline: np.ndarray, pool: np.ndarray, quantile: float
-) -> tuple[float, float, float]:
-    """A quantile of ``baseline`` over the same quantile of ``pool``, with its 95% bootstrap
-    interval (requests resampled within each policy)."""
-    rng = np.random.default_rng(0)
-    draws = [
-        np.percentile(values[rng.integers(0, len(values), (2000, len(values)))], quantile, axis=1)
-        for values in (baseline, pool)
-    ]
-    low, high = np.percentile(draws[0] / draws[1], [2.5, 97.5])
-    ratio = np.percentile(baseline, quantile) / np.percentile(pool, quantile)
-    return float(ratio), float(low), float(high)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=100, help="requests per seed")
@@ -301,7 +290,8 @@ def main() -> None:
         cells = []
         for metric, values in (("TTFT", ttfts), ("E2E", e2es)):
             for quantile in (50, 99):
-                ratio, low, high = bootstrap_ratio(values[label], values[POOL], quantile)
+                at = partial(np.percentile, q=quantile)
+                ratio, low, high = ratio_interval(values[label], values[POOL], at)
                 cells.append(f"{metric} p{quantile} {ratio:.2f}x [{low:.2f}, {high:.2f}]")
                 if quantile == 99:
                     headline[f"trace_p99_{metric.lower()}_speedup_vs_{slug(label)}"] = ratio
