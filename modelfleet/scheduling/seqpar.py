@@ -107,11 +107,7 @@ def plan_sequence_parallel(
 
 def plan_static(lengths: Sequence[int], setup: SeqParSetup, degree: int) -> SeqParPlan | None:
     """Baseline: every pool cut into groups of one degree; None if some sequence cannot fit."""
-    started = time.perf_counter()
-    plan = plan_static_step(prepare_step(lengths, setup), setup, degree)
-    if plan is None:
-        return None
-    return replace(plan, solve_ms=(time.perf_counter() - started) * 1000.0)
+    return plan_pool_static(lengths, setup, (degree,) * len(setup.pools))
 
 
 def plan_pool_static(
