@@ -7,6 +7,7 @@ from typing import Annotated, Self
 
 from pydantic import Field, StringConstraints, model_validator
 
+from modelfleet.api.auth import Auth, require_auth
 from modelfleet.api.common import ApiModel, BaseStatus, Name, StatusModel, Uri
 
 GpuTypeName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
@@ -139,6 +140,9 @@ class ModelPoolSpec(ApiModel):
     slo: Slo = Field(default_factory=Slo)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     migration: Migration = Field(default_factory=Migration)
+    auth: Auth = Field(description="API keys callers must present, or mode None.")
+
+    _require_auth = model_validator(mode="before")(require_auth)
 
     @model_validator(mode="after")
     def _check_names(self) -> Self:

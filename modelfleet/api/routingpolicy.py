@@ -7,6 +7,7 @@ from typing import Annotated, Self
 
 from pydantic import Field, StringConstraints, model_validator
 
+from modelfleet.api.auth import Auth, require_auth
 from modelfleet.api.common import ApiModel, BaseStatus, Name, StatusModel
 
 
@@ -130,6 +131,12 @@ class RoutingPolicySpec(ApiModel):
         default_factory=list, max_length=3, description="Reasoning-token caps by difficulty."
     )
     fallback: Name | None = Field(default=None, description="Target used when none qualifies.")
+    auth: Auth = Field(
+        description="API keys callers must present, or mode None. The router forwards the "
+        "caller's key to the pools, so they accept the same keys (or check none)."
+    )
+
+    _require_auth = model_validator(mode="before")(require_auth)
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:

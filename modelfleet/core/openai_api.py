@@ -23,6 +23,7 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        kind: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -30,12 +31,18 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
 
     def body(self) -> dict[str, Any]:
-        """``{"error": {...}}`` as OpenAI sends it."""
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        """``{"error": {...}}`` as OpenAI sends it; ``type`` is ``kind``, by default
+        ``invalid_request_error`` for client errors and ``server_error`` otherwise."""
         return {
-            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
         }
 
 

@@ -16,6 +16,11 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 CPU = "cpu"
 """The GPU type that means: no GPU."""
+API_KEYS_ARG = "apiKeysDir"
+"""Build argument of a service app that checks API keys: the directory holding them, one
+file per key in a Secret volume's layout. Backends set it; absent, keys are not checked."""
+API_KEYS_MOUNT = "/etc/modelfleet/api-keys"
+"""Where runtime pods on a cluster mount a workload's API keys Secret."""
 
 
 def gpu_selector(gpu_type: str) -> tuple[tuple[str, str], ...]:
@@ -43,7 +48,9 @@ class WorkerGroup:
 class Workload:
     """What a backend runs. ``credential_secrets`` are Secrets whose keys become the
     runtime's environment (artifact credentials); ``claims`` are PersistentVolumeClaims
-    mounted read-only into the runtime pods at ``/mnt/pvc/<claim>`` (pvc:// artifacts).
+    mounted read-only into the runtime pods at ``/mnt/pvc/<claim>`` (pvc:// artifacts);
+    ``api_keys_secret`` is the Secret of the API keys a service checks ("" for none), which
+    the backend puts where the service reads them (see :data:`API_KEYS_ARG`).
     ``restore`` is state a *new* deployment starts from (what a router learned): it joins
     ``config`` when the workload is created, but a change to it alone redeploys nothing."""
 
@@ -54,6 +61,7 @@ class Workload:
     worker_groups: tuple[WorkerGroup, ...]
     credential_secrets: tuple[str, ...] = ()
     claims: tuple[str, ...] = ()
+    api_keys_secret: str = ""
     restore: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 

@@ -55,6 +55,7 @@ def plan_router(
         entrypoint=ENTRYPOINT,
         config=config,
         worker_groups=(),
+        api_keys_secret=spec.auth.secret_name or "",
         restore={"learned": [p.to_wire() for p in learned]},
     )
 

@@ -97,6 +97,7 @@ def plan_modelpool(name: str, spec: ModelPoolSpec) -> Workload | Blocked:
             sorted({m.credentials_secret for m in spec.models if m.credentials_secret})
         ),
         claims=artifact_claims(spec),
+        api_keys_secret=spec.auth.secret_name or "",
     )
 
 
