@@ -192,6 +192,7 @@ def pool_spec(model: str) -> dict[str, Any]:
         ],
         "replicas": 1,
         "migration": {"enabled": False, "maxConcurrent": 2},
+        "auth": {"mode": "None"},
         "servingOptions": {"replicaNumCpus": 0.5, "controlIntervalS": 0.05},
     }
 
@@ -229,10 +230,11 @@ async def wait_router(client: httpx.AsyncClient, base: str) -> None:
 
 
 def deploy_router(serve_url: str, name: str, config: dict[str, Any]) -> str:
-    """Deploy a router app at ``/<name>``; its base URL."""
+    """Deploy a router app at ``/<name>`` that checks no keys; its base URL."""
     from modelfleet.routing.app import deploy
 
-    deploy(config, name=name, route_prefix=f"/{name}")
+    policy = {**config["policy"], "auth": {"mode": "None"}}
+    deploy({**config, "policy": policy}, name=name, route_prefix=f"/{name}")
     return f"{serve_url}/{name}"
 
 

@@ -32,6 +32,7 @@ import ray
 from bootstrap import ratio_interval
 from result_lines import print_result
 
+from modelfleet.api.auth import Auth, AuthMode
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel
 from modelfleet.serving.frontend import ServingOptions, pool_settings
 from modelfleet.serving.interface import SamplingParams
@@ -85,7 +86,7 @@ async def measure(lengths: list[int], repeats: int) -> dict[int, dict[int, list[
     return every downtime in seconds by length and staging rounds (4: staged, 0: not)."""
     longest = max(lengths) + DECODE_TOKENS + 16
     model = ServedModel(name="tiny", uri="builtin://tiny-llama", max_model_len=longest)
-    spec = ModelPoolSpec(models=[model], replicas=2)
+    spec = ModelPoolSpec(models=[model], replicas=2, auth=Auth(mode=AuthMode.NONE))
     options = ServingOptions(num_blocks=-(-longest // 16) + 8, replica_num_cpus=0.5)
     manager = PoolManager(pool_settings(model, spec, options, "migbench"))
     await manager.configure(2, migration=False, max_concurrent=2)

@@ -41,6 +41,7 @@ from bootstrap import ratio_interval
 from ray import serve
 from result_lines import print_result, slug
 
+from modelfleet.api.auth import Auth, AuthMode
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel
 from modelfleet.serving.dispatch import DispatchPolicy
 from modelfleet.serving.frontend import ServingOptions, pool_settings
@@ -116,7 +117,9 @@ def make_options(policy: DispatchPolicy, args: argparse.Namespace) -> ServingOpt
 
 def make_spec(args: argparse.Namespace) -> tuple[ServedModel, ModelPoolSpec]:
     model = ServedModel(name="tiny", uri="builtin://tiny-llama", max_model_len=MAX_MODEL_LEN)
-    return model, ModelPoolSpec(models=[model], replicas=args.replicas)
+    return model, ModelPoolSpec(
+        models=[model], replicas=args.replicas, auth=Auth(mode=AuthMode.NONE)
+    )
 
 
 async def replay_pool(

@@ -36,6 +36,7 @@ class EventReason(StrEnum):
 
     WORKLOAD_CREATED = "WorkloadCreated"
     WORKLOAD_UPDATED = "WorkloadUpdated"
+    AUTH_DISABLED = "AuthDisabled"
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ import httpx
 from kubernetes import client
 
 from controllers.context import current
-from controllers.reconcile import Decision, Event, register
-from controllers.workloads import APPLY_EVENTS
+from controllers.reconcile import Decision, register
+from controllers.secrets import auth_secret_blocked
+from controllers.workloads import apply_events
 from modelfleet.api.common import ConditionStatus, ConditionType
 from modelfleet.api.registry import kind_by_name
 from modelfleet.api.routingpolicy import RoutingPolicySpec, RoutingPolicyStatus
 from modelfleet.backends.base import Owner
+from modelfleet.core.status import blocked_verdicts, settle_status
 from modelfleet.core.workload import Observation, WorkloadState
 from modelfleet.routing.plan import PoolView, compute_routingpolicy_status, plan_router
 
@@ -69,16 +71,16 @@ def decide_routing(
     backend = current().backend
     pools = observe_pools(owner.namespace)
     workload = plan_router(owner.name, spec, pools, previous.profiles)
+    blocked = auth_secret_blocked(owner.namespace, workload.api_keys_secret)
+    if blocked is not None:
+        return Decision(settle_status(previous, blocked_verdicts(blocked), generation, now))
     applied = backend.apply(owner, workload)
     observation = backend.observe(owner, workload)
     stats = read_router_stats(observation)
     status = compute_routingpolicy_status(
         spec, pools, observation, stats, previous, generation, now, workload.name
     )
-    if applied not in APPLY_EVENTS:
-        return Decision(status)
-    message = f"{applied.value} router {workload.name} on {backend.name}"
-    return Decision(status, [Event("Normal", APPLY_EVENTS[applied], message)])
+    return Decision(status, apply_events(applied, workload, backend.name))
 
 
 register(kind_by_name("RoutingPolicy"), decide_routing)

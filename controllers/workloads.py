@@ -8,15 +8,18 @@ from typing import Any
 
 from controllers.context import current
 from controllers.reconcile import Decide, Decision, Event, EventReason
+from controllers.secrets import auth_secret_blocked
 from modelfleet.api.common import BaseStatus
 from modelfleet.backends.base import Owner
 from modelfleet.core.status import blocked_verdicts, compute_workload_status, settle_status
-from modelfleet.core.workload import ApplyResult, Blocked, Observation, Workload
+from modelfleet.core.workload import ApplyResult, Blocked, Observation, Workload, WorkloadKind
 from modelfleet.scheduling.inventory import Inventory, InventoryError
 
 Planner = Callable[[str, Any, Inventory | None], Workload | Blocked]
 StatusFn = Callable[[Any, Workload, Observation, Any, int, datetime], BaseStatus]
 
+LOCAL = "local"
+"""The backend whose services only this machine reaches."""
 APPLY_EVENTS = {
     ApplyResult.CREATED: EventReason.WORKLOAD_CREATED,
     ApplyResult.UPDATED: EventReason.WORKLOAD_UPDATED,
@@ -34,17 +37,35 @@ def decide_workload(plan: Planner, compute_status: StatusFn) -> Decide:
             planned = plan(owner.name, spec, backend.inventory())
         except InventoryError as error:
             planned = Blocked("InvalidNodeLabels", str(error))
+        if not isinstance(planned, Blocked):
+            planned = auth_secret_blocked(owner.namespace, planned.api_keys_secret) or planned
         if isinstance(planned, Blocked):
             return Decision(settle_status(previous, blocked_verdicts(planned), generation, now))
         applied = backend.apply(owner, planned)
         observation = backend.observe(owner, planned)
         status = compute_status(spec, planned, observation, previous, generation, now)
-        if applied not in APPLY_EVENTS:
-            return Decision(status)
-        message = f"{applied.value} {planned.name} on {backend.name}"
-        return Decision(status, [Event("Normal", APPLY_EVENTS[applied], message)])
+        return Decision(status, apply_events(applied, planned, backend.name))
 
     return decide
+
+
+def apply_events(applied: ApplyResult, workload: Workload, backend: str) -> list[Event]:
+    """A Normal event when a workload was created or updated, and a Warning when that
+    workload is a service open to anyone on a cluster (where others can reach it)."""
+    if applied not in APPLY_EVENTS:
+        return []
+    message = f"{applied.value} {workload.name} on {backend}"
+    events = [Event("Normal", APPLY_EVENTS[applied], message)]
+    if workload.kind is WorkloadKind.SERVICE and not workload.api_keys_secret and backend != LOCAL:
+        events.append(
+            Event(
+                "Warning",
+                EventReason.AUTH_DISABLED,
+                f"{workload.name} serves anyone who can reach it (spec.auth.mode: None); name a "
+                "Secret of API keys in spec.auth.secretName to require keys",
+            )
+        )
+    return events
 
 
 def job_status(

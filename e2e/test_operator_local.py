@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
+import yaml
 
 from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
 from modelfleet.devcluster.cluster import free_port
@@ -42,6 +43,7 @@ metadata: {name: tiny}
 spec:
   models: [{name: mini, uri: "builtin://tiny-llama-mini", maxModelLen: 256}]
   replicas: 1
+  auth: {mode: ApiKey, secretName: demo-keys}
 """
 FLEET = """
 apiVersion: modelfleet.io/v1alpha1
@@ -54,7 +56,10 @@ spec:
   strategy: cost-of-pass
   objectives: {minQuality: 0.3}
   fallback: arith
+  auth: {mode: ApiKey, secretName: demo-keys}
 """
+DEMO_KEY = yaml.safe_load((ROOT / "examples" / "api-keys.yaml").read_text())["stringData"]["demo"]
+"""The key of the examples' Secret, which the example pools and routers check."""
 SERVING_TIMEOUT = 240
 """Starting Ray, Serve and two engine replicas on two shared cores."""
 
@@ -221,7 +226,7 @@ def test_modelpool_serves_through_the_openai_client(
     assert kube("get", POOL, "-n", NS, "-o", "jsonpath={.status.replicas}") == "2"
     kube.wait_reason("routingpolicy/chat-router", NS, "TargetsReady")
 
-    client = openai.OpenAI(base_url=POOL_BASE, api_key="unused", max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=POOL_BASE, api_key=DEMO_KEY, max_retries=0, timeout=60)
     assert [m.id for m in client.models.list()] == ["arith"]
     question = [{"role": "user", "content": "What is 347 + 85?"}]
     request: dict[str, Any] = {"model": "arith", "messages": question, "temperature": 0}
@@ -256,7 +261,7 @@ def test_modelpool_serves_through_the_openai_client(
 
 
 def _ask(question: str) -> Any:
-    client = openai.OpenAI(base_url=ROUTER_BASE, api_key="unused", max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=ROUTER_BASE, api_key=DEMO_KEY, max_retries=0, timeout=60)
     return client.chat.completions.with_raw_response.create(
         model="fleet",
         messages=[{"role": "user", "content": question}],
@@ -286,7 +291,10 @@ def test_a_routing_policy_routes_learns_and_outlives_a_pool(kube: Kube, operator
             urllib.request.Request(
                 f"{ROUTER_BASE}/feedback",
                 data=json.dumps(feedback).encode(),
-                headers={"Content-Type": "application/json"},
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {DEMO_KEY}",
+                },
             ),
             timeout=10,
         ) as response:
@@ -353,6 +361,7 @@ metadata: {name: unknown-model}
 spec:
   models: [{name: m, uri: "builtin://no-such-model", maxModelLen: 256}]
   replicas: 1
+  auth: {mode: None}
 """
     kube("apply", "-n", NS, "-f", "-", stdin=bad)
     ready = kube.wait_reason("modelpool/unknown-model", NS, "DeployFailed", timeout=120)
@@ -380,6 +389,7 @@ metadata: {{name: {name}}}
 spec:
   models: [{{name: m, uri: "{uri}", maxModelLen: 256}}]
   replicas: 1
+  auth: {{mode: None}}
 """
         kube("apply", "-n", NS, "-f", "-", stdin=pool)
     for name, uri in uris.items():
@@ -421,6 +431,7 @@ spec:
     - {name: arith-s3, uri: "s3://fleet-models/zoo/llama-arith", credentialsSecret: model-store,
        maxModelLen: 256}
   replicas: 1
+  auth: {mode: None}
 """
     kube("apply", "-n", NS, "-f", "-", stdin=pool)
     ready = kube.wait_reason("modelpool/from-s3", NS, "Serving", timeout=SERVING_TIMEOUT)

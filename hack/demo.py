@@ -35,6 +35,8 @@ ZOO_MODEL = "llama-arith"
 TINY_MODEL = "qwen-tiny"
 DEMO_SEED = 2026
 FLEET = ROOT / "examples" / "fleet"
+DEMO_KEY = yaml.safe_load((ROOT / "examples" / "api-keys.yaml").read_text())["stringData"]["demo"]
+"""The API key of the examples' Secret, which every example pool and router checks."""
 ROUTED = {"addition": 2, "sorting": 2, "reversal": 2, "maximum": 2, "facts": 2}
 """Held-out questions per skill the demo sends through the RoutingPolicy."""
 
@@ -156,8 +158,13 @@ def query_pool(endpoint: str) -> None:
     """Questions held out from training, of both skills the model was trained on, sent
     together through the official openai client; each answer next to the exact one, then
     the share right against the held-out accuracy the zoo measured, and a streamed reply."""
-    client = openai.OpenAI(base_url=endpoint, api_key="unused", max_retries=2, timeout=60)
-    print(f"  models: {[m.id for m in client.models.list()]}")
+    stranger = openai.OpenAI(base_url=endpoint, api_key="not-a-key", max_retries=0, timeout=60)
+    try:
+        stranger.models.list()
+    except openai.AuthenticationError as refused:
+        print(f"  a wrong key gets {refused.status_code}: {refused.message}")
+    client = openai.OpenAI(base_url=endpoint, api_key=DEMO_KEY, max_retries=2, timeout=60)
+    print(f"  models (with the key of Secret demo-keys): {[m.id for m in client.models.list()]}")
     measured = read_manifest(model_dir(ZOO_MODEL))
     for skill, count in (("addition", 12), ("sorting", 4)):
         questions = SKILLS[skill].take(Split.HELDOUT, DEMO_SEED, count)
@@ -243,7 +250,7 @@ def route_questions(cluster: LocalCluster) -> None:
         for skill, count in ROUTED.items()
         for example in SKILLS[skill].take(Split.HELDOUT, DEMO_SEED + 1, count)
     ]
-    client = openai.OpenAI(base_url=endpoint, api_key="unused", max_retries=2, timeout=60)
+    client = openai.OpenAI(base_url=endpoint, api_key=DEMO_KEY, max_retries=2, timeout=60)
     with ThreadPoolExecutor(max_workers=8) as pool:
         replies = list(pool.map(lambda e: ask_router(client, e), questions))
     for example, (answer_id, target, reason, answer) in zip(questions, replies, strict=True):
@@ -257,7 +264,7 @@ def route_questions(cluster: LocalCluster) -> None:
         request = urllib.request.Request(
             f"{endpoint}/feedback",
             data=json.dumps(rate).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {DEMO_KEY}"},
         )
         urllib.request.urlopen(request, timeout=10).close()
     correct = sum(r[3] == e.answer for r, e in zip(replies, questions, strict=True))

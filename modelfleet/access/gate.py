@@ -128,24 +128,26 @@ class AccessGate:
     def admit_tokens(self, caller: Caller, prompt_tokens: int) -> None:
         """Take a request's prompt tokens from its key's allowance, or raise 429."""
         limit = caller.limits.tokens_per_minute
-        wait = self._limiter.admit(
-            caller.key_id, Limit.TOKENS, prompt_tokens, limit, self._clock()
-        )
+        wait = self._limiter.admit(caller.key_id, Limit.TOKENS, prompt_tokens, limit, self._clock())
         if wait > 0 and limit is not None:
             self.usage.refused.labels(reason="tokens_per_minute").inc()
             raise rate_limited(caller, Limit.TOKENS, limit, wait)
         self.usage.prompt_tokens.labels(key=caller.key_id).inc(prompt_tokens)
 
-    def record_completion(self, caller: Caller, completion_tokens: int) -> None:
-        """Charge the tokens a finished (or cut short) completion generated."""
+    def record_completion(
+        self, caller: Caller, completion_tokens: int, prompt_tokens: int = 0
+    ) -> None:
+        """Charge the tokens a finished (or cut short) completion generated, and prompt
+        tokens learnt only afterwards (a router sees them in the pool's usage)."""
         self._limiter.charge(
             caller.key_id,
             Limit.TOKENS,
-            completion_tokens,
+            completion_tokens + prompt_tokens,
             caller.limits.tokens_per_minute,
             self._clock(),
         )
         self.usage.completion_tokens.labels(key=caller.key_id).inc(completion_tokens)
+        self.usage.prompt_tokens.labels(key=caller.key_id).inc(prompt_tokens)
 
     def metrics(self) -> bytes:
         """The endpoint's usage metrics in Prometheus' text format."""

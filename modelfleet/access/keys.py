@@ -97,7 +97,10 @@ class KeyFiles:
                 self._version = version
         except OSError as error:
             if self._version is not None or self._ring:
-                log.warning("API keys at %s cannot be read (%s); refusing every key",
-                            self._directory, type(error).__name__)
+                log.warning(
+                    "API keys at %s cannot be read (%s); refusing every key",
+                    self._directory,
+                    type(error).__name__,
+                )
             self._ring, self._version = KeyRing(), None
         return self._ring

@@ -57,14 +57,13 @@ class RateLimiter:
             self._buckets[(key_id, kind)] = held
         return held[1]
 
-    def admit(
-        self, key_id: str, kind: Limit, amount: int, limit: int | None, now: float
-    ) -> float:
-        """Take ``amount`` when the bucket has it (returns 0), else the seconds to wait."""
+    def admit(self, key_id: str, kind: Limit, amount: int, limit: int | None, now: float) -> float:
+        """Take ``amount`` when the bucket has it (returns 0), else the seconds to wait.
+        At least one unit must be there, so a key in debt waits even with ``amount`` 0."""
         if limit is None:
             return 0.0
         bucket = self._bucket(key_id, kind, limit, now)
-        wait = bucket.wait_for(amount, now)
+        wait = bucket.wait_for(max(amount, 1), now)
         if wait == 0.0:
             bucket.take(amount, now)
         return wait

@@ -108,18 +108,15 @@ class Auth(ApiModel):
         return self
 
     def limits_of(self, key_id: str) -> KeyLimits:
-        """The effective limits of one key: its own entry over the defaults."""
-        own = next((key for key in self.keys if key.name == key_id), None)
+        """The effective limits of one key: its own entry over the defaults (limits are
+        at least 1 when set, so ``or`` falls back only where the entry sets none)."""
+        own = next((key for key in self.keys if key.name == key_id), KeyLimits(name=key_id))
         return KeyLimits(
             name=key_id,
-            requests_per_minute=_first(own and own.requests_per_minute, self.requests_per_minute),
-            tokens_per_minute=_first(own and own.tokens_per_minute, self.tokens_per_minute),
-            priority=own.priority if own else None,
+            requests_per_minute=own.requests_per_minute or self.requests_per_minute,
+            tokens_per_minute=own.tokens_per_minute or self.tokens_per_minute,
+            priority=own.priority,
         )
-
-
-def _first(*values: int | None) -> int | None:
-    return next((value for value in values if value is not None), None)
 
 
 def require_auth(data: Any) -> Any:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -23,8 +24,10 @@ from ray import serve
 
 from modelfleet.artifacts.errors import ArtifactError
 from modelfleet.backends.base import Owner, spec_hash
+from modelfleet.backends.key_files import default_keys_root, keys_dir, write_key_files
 from modelfleet.backends.model_fetch import SecretReader, localize_models
 from modelfleet.core.workload import (
+    API_KEYS_ARG,
     ApplyResult,
     Observation,
     Workload,
@@ -50,6 +53,8 @@ class ServeSettings:
     port: int = 8000
     replica_cpus: float = 0.5
     """Ray CPUs one engine replica reserves; small so a laptop can hold a few replicas."""
+    keys_root: Path = field(default_factory=default_keys_root)
+    """Where the API keys of services are written, one directory per Secret."""
 
 
 def app_name(owner: Owner, workload_name: str) -> str:
@@ -155,6 +160,9 @@ class LocalServe:
         config = workload.config
         if workload.entrypoint == POOL_ENTRYPOINT:
             config = {**config, OPTIONS_KEY: {"replicaNumCpus": self._settings.replica_cpus}}
+        if workload.api_keys_secret:
+            directory = self.sync_keys(owner.namespace, workload.api_keys_secret)
+            config = {**config, API_KEYS_ARG: str(directory)}
         digest = spec_hash(config)
         with self._lock:
             current = self._rollouts.get(name)
@@ -163,6 +171,22 @@ class LocalServe:
             future = run_in_background(self._deploy, name, workload, config, owner)
             self._rollouts[name] = _Rollout(digest, future)
         return ApplyResult.CREATED if current is None else ApplyResult.UPDATED
+
+    def sync_keys(
+        self, namespace: str, secret: str, data: Mapping[str, str] | None = None
+    ) -> Path:
+        """Write a Secret's keys where the services that check them read them: ``data``
+        when the caller has it (a watch event), else the Secret as read now (a missing
+        Secret holds no key, so every key is refused)."""
+        directory = keys_dir(self._settings.keys_root, namespace, secret)
+        if data is None and self._read_secret is not None:
+            data = self._read_secret(namespace, secret)
+        write_key_files(directory, data or {})
+        return directory
+
+    def uses_keys(self, namespace: str, secret: str) -> bool:
+        """Whether a service of this operator has checked the Secret's keys here."""
+        return keys_dir(self._settings.keys_root, namespace, secret).is_dir()
 
     def observe(self, owner: Owner, workload: Workload) -> Observation:
         """The rollout's progress, then the running pool's ready replicas and migrations."""

@@ -10,7 +10,8 @@ target endpoints to the running router in place, keeping what it learned.
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve import Application, Deployment
 
@@ -53,24 +54,39 @@ class RouterIngress:
         return self._router
 
     @api.get("/v1/models")
-    def list_models(self) -> dict[str, Any]:
+    def list_models(self, request: Request) -> dict[str, Any]:
         """``GET /v1/models``: the policy's name and its targets."""
-        return self._core().list_models()
+        router = self._core()
+        router.admit(request.headers.get("authorization"))
+        return router.list_models()
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
         """``POST /v1/completions``, routed."""
-        return await self._core().complete(await request.body(), chat=False)
+        return await self._complete(request, chat=False)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
         """``POST /v1/chat/completions``, routed."""
-        return await self._core().complete(await request.body(), chat=True)
+        return await self._complete(request, chat=True)
+
+    async def _complete(self, request: Request, chat: bool) -> Response:
+        router = self._core()
+        credentials = request.headers.get("authorization")
+        caller = router.admit(credentials)
+        return await router.complete(await request.body(), chat, caller, credentials)
 
     @api.post("/v1/feedback")
     async def feedback(self, request: Request) -> dict[str, Any]:
         """``POST /v1/feedback``: whether an answer (by response id) was correct."""
-        return self._core().feedback(await request.body())
+        router = self._core()
+        router.admit(request.headers.get("authorization"))
+        return router.feedback(await request.body())
+
+    @api.get("/metrics")
+    def metrics(self) -> Response:
+        """Requests and tokens per key id for charge-back (Prometheus text format)."""
+        return PlainTextResponse(self._core().metrics(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/v1/router/status")
     def status(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import numpy as np
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
+from modelfleet.access.gate import AccessGate, Caller
 from modelfleet.api.common import ApiModel
 from modelfleet.api.routingpolicy import RoutingPolicySpec
 from modelfleet.core.openai_api import ApiError
@@ -68,6 +69,9 @@ class RouterConfig(ApiModel):
         default_factory=dict, description="Target name to its pool's OpenAI base URL."
     )
     learned: list[dict[str, Any]] = Field(default_factory=list)
+    api_keys_dir: str = Field(
+        default="", description="Where the keys of spec.auth are; set by the backend."
+    )
 
 
 class Encoder(Protocol):
@@ -84,6 +88,9 @@ class Query:
     streaming: bool
     wants_usage: bool
     wants_logprobs: bool
+    caller: Caller
+    credentials: str | None
+    """The caller's ``Authorization`` header, forwarded to the pools as it came."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class Router:
         self._client: httpx.AsyncClient | None = None
         self._index: ClusterIndex | None = None
         self._config = parsed
+        self._gate = AccessGate(parsed.api_keys_dir)
         self._apply(parsed)
 
     def configure(self, config: dict[str, Any]) -> None:
@@ -121,6 +129,8 @@ class Router:
         parsed = RouterConfig.model_validate(config)
         if parsed.policy.query_clusters != self._config.policy.query_clusters:
             self._index = None
+        if parsed.api_keys_dir != self._config.api_keys_dir:
+            self._gate = AccessGate(parsed.api_keys_dir)
         self._config = parsed
         self._apply(parsed)
 
@@ -128,6 +138,7 @@ class Router:
         """Priors, telemetry slots and the by-name view of the current policy's targets."""
         spec = config.policy
         self._targets = {target.name: target for target in spec.targets}
+        self._gate.configure(spec.auth)
         self._book.set_priors({(p.target, p.cluster): p.score for p in spec.capability_profiles})
         for name in self._targets:
             self._telemetry.setdefault(name, TargetTelemetry())
@@ -138,8 +149,20 @@ class Router:
 
     # ---- requests -------------------------------------------------------------------
 
-    async def complete(self, body: bytes, chat: bool) -> Response:
-        """``POST /v1/completions`` or ``/v1/chat/completions``, routed."""
+    def admit(self, authorization: str | None) -> Caller:
+        """The caller of a request by its ``Authorization`` header; 401 or 429 if refused."""
+        return self._gate.admit(authorization)
+
+    def metrics(self) -> bytes:
+        """Requests and tokens per key id, in Prometheus' text format."""
+        return self._gate.metrics()
+
+    async def complete(
+        self, body: bytes, chat: bool, caller: Caller, credentials: str | None
+    ) -> Response:
+        """``POST /v1/completions`` or ``/v1/chat/completions``, routed. The router has no
+        tokenizer, so a key's tokens are charged from the pools' usage once answered."""
+        self._gate.admit_tokens(caller, 0)
         payload = parse_body(body)
         pinned = self._pinned_target(payload.get("model"))
         cluster = await self._classify(query_text(payload, chat))
@@ -151,6 +174,8 @@ class Router:
             streaming=bool(payload.get("stream")),
             wants_usage=bool(isinstance(options, dict) and options.get("include_usage")),
             wants_logprobs=bool(payload.get("logprobs")),
+            caller=caller,
+            credentials=credentials,
         )
         route = (
             Route((pinned,), f"pinned: model names target {pinned}")
@@ -274,7 +299,7 @@ class Router:
                 continue
             score = confidence(answer)
             if score < threshold:
-                self._spend(target, answer)
+                self._spend(query, target, answer)
                 continue
             reason = f"{route.reason}; stage {position + 1} {target} confident ({score:.2f})"
             self._record_answer(query, target, answer)
@@ -309,7 +334,9 @@ class Router:
         """One non-streaming upstream request; client errors pass through as they are."""
         started = time.monotonic()
         try:
-            response = await self._http().post(self._url(target, query.chat), json=payload)
+            response = await self._http().post(
+                self._url(target, query.chat), json=payload, headers=_forwarded(query)
+            )
         except httpx.HTTPError as error:
             self._fail(target)
             raise _TargetFailed(f"{type(error).__name__}: {error}") from error
@@ -330,7 +357,9 @@ class Router:
         started = time.monotonic()
         payload = {**payload, "stream_options": {"include_usage": True}}
         client = self._http()
-        request = client.build_request("POST", self._url(target, query.chat), json=payload)
+        request = client.build_request(
+            "POST", self._url(target, query.chat), json=payload, headers=_forwarded(query)
+        )
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as error:
@@ -389,15 +418,22 @@ class Router:
     def _fail(self, target: str) -> None:
         self._telemetry[target].record_failure(time.monotonic())
 
-    def _spend(self, target: str, answer: dict[str, Any]) -> None:
+    def _spend(self, query: Query, target: str, answer: dict[str, Any]) -> None:
+        """Book an answer's tokens against the policy's cost and the caller's key."""
         self._ledger.record_spend(total_tokens(answer), self._targets[target].cost_per_1k_tokens)
+        usage = answer.get("usage") or {}
+        self._gate.record_completion(
+            query.caller,
+            int(usage.get("completion_tokens") or 0),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        )
 
     def _record_answer(
         self, query: Query, target: str, answer: dict[str, Any], ttft_ms: float | None = None
     ) -> None:
         latency = float(answer.pop("_latency_ms", 0.0))
         self._telemetry[target].record_answer(latency, total_tokens(answer), ttft_ms)
-        self._spend(target, answer)
+        self._spend(query, target, answer)
         self._ledger.record_decision(target)
         answer_id = answer.get("id")
         if isinstance(answer_id, str) and answer_id:
@@ -462,6 +498,11 @@ def _client_error(status: int, body: Any) -> ApiError:
     return ApiError(
         status, str(error.get("message", body)), param=error.get("param"), code=error.get("code")
     )
+
+
+def _forwarded(query: Query) -> dict[str, str]:
+    """The caller's credentials for the pool: its header as it came, never an empty one."""
+    return {"Authorization": query.credentials} if query.credentials else {}
 
 
 def _route_headers(target: str, reason: str) -> dict[str, str]:

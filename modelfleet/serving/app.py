@@ -15,7 +15,8 @@ scaling. Models and serving options are constructor arguments: changing them red
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve import Application, Deployment
 
@@ -38,35 +39,48 @@ async def _api_error(_: Request, error: ApiError) -> Response:
 class PoolIngress:
     """The Serve shell around a :class:`PoolFrontend`: routes and handle methods only."""
 
-    def __init__(self, models: list[dict[str, Any]], options: dict[str, Any]) -> None:
+    def __init__(
+        self, models: list[dict[str, Any]], options: dict[str, Any], keys_dir: str
+    ) -> None:
         app = serve.get_replica_context().app_name
-        self._frontend = PoolFrontend(models, options, app)
+        self._frontend = PoolFrontend(models, options, app, keys_dir)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve's ``user_config`` hook: the spec, applied in place."""
         await self._frontend.reconfigure(config)
 
-    async def apply(self, spec_wire: dict[str, Any], options: dict[str, Any]) -> bool:
-        """Apply a spec in place; ``False`` when its models or options need a redeploy."""
-        return await self._frontend.apply(spec_wire, options)
+    async def apply(
+        self, spec_wire: dict[str, Any], options: dict[str, Any], keys_dir: str
+    ) -> bool:
+        """Apply a spec in place; ``False`` when its models, options or keys need a
+        redeploy."""
+        return await self._frontend.apply(spec_wire, options, keys_dir)
 
     async def __del__(self) -> None:
         await self._frontend.shutdown()
 
     @api.get("/v1/models")
-    def list_models(self) -> dict[str, Any]:
+    def list_models(self, request: Request) -> dict[str, Any]:
         """``GET /v1/models``."""
+        self._frontend.admit(request.headers.get("authorization"))
         return self._frontend.list_models()
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
         """``POST /v1/completions``."""
-        return await self._frontend.complete(await request.body(), chat=False)
+        caller = self._frontend.admit(request.headers.get("authorization"))
+        return await self._frontend.complete(await request.body(), False, caller)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
         """``POST /v1/chat/completions``."""
-        return await self._frontend.complete(await request.body(), chat=True)
+        caller = self._frontend.admit(request.headers.get("authorization"))
+        return await self._frontend.complete(await request.body(), True, caller)
+
+    @api.get("/metrics")
+    def metrics(self) -> Response:
+        """Requests and tokens per key id for charge-back (Prometheus text format)."""
+        return PlainTextResponse(self._frontend.metrics(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/v1/pool/status")
     def status(self) -> dict[str, Any]:
@@ -88,12 +102,12 @@ def build(args: dict[str, Any]) -> Application:
     ``args`` may also hold ``servingOptions`` (see :class:`ServingOptions`). Raises
     ``ValueError`` (pydantic's included) for an invalid spec or an unsupported model URI.
     """
-    spec, options = split_args(args)
+    spec, options, keys_dir = split_args(args)
     for index, model in enumerate(spec.models):
         resolve_served_model(model, index)
     deployment = cast(Deployment, PoolIngress)
     return deployment.options(user_config=spec.to_wire()).bind(
-        [model.to_wire() for model in spec.models], options.to_wire()
+        [model.to_wire() for model in spec.models], options.to_wire(), keys_dir
     )
 
 
@@ -104,10 +118,10 @@ def deploy(spec_wire: dict[str, Any], name: str, route_prefix: str = "/") -> Non
     changed, the running ingress applies them in place (``apply``), so no stream drops;
     otherwise (new pool, new models or options) the application is (re)deployed.
     """
-    spec, options = split_args(spec_wire)
+    spec, options, keys_dir = split_args(spec_wire)
     if name in serve.status().applications:
         handle = serve.get_app_handle(name)
-        if handle.apply.remote(spec.to_wire(), options.to_wire()).result():
+        if handle.apply.remote(spec.to_wire(), options.to_wire(), keys_dir).result():
             return
     run_application(lambda: build(spec_wire), name, route_prefix)
 

@@ -10,13 +10,14 @@ the pool, interleaved into one response.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
+from modelfleet.access.gate import AccessGate, Caller
 from modelfleet.api.common import ApiModel
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel, Slo
 from modelfleet.core.openai_api import (
@@ -27,8 +28,9 @@ from modelfleet.core.openai_api import (
     unknown_model,
     usage,
 )
+from modelfleet.core.workload import API_KEYS_ARG
 from modelfleet.serving.catalog import resolve_served_model
-from modelfleet.serving.choices import ChoiceDecoder
+from modelfleet.serving.choices import ChoiceDecoder, Delta
 from modelfleet.serving.dispatch import DispatchPolicy
 from modelfleet.serving.interface import SamplingParams
 from modelfleet.serving.manager import (
@@ -78,12 +80,12 @@ class ServingOptions(ApiModel):
     namespace: str = "modelfleet"
 
 
-def split_args(args: dict[str, Any]) -> tuple[ModelPoolSpec, ServingOptions]:
-    """The spec and the serving options in ``build``'s args (``ValueError`` if invalid)."""
-    spec_wire = {key: value for key, value in args.items() if key != OPTIONS_KEY}
-    return ModelPoolSpec.model_validate(spec_wire), ServingOptions.model_validate(
-        args.get(OPTIONS_KEY, {})
-    )
+def split_args(args: dict[str, Any]) -> tuple[ModelPoolSpec, ServingOptions, str]:
+    """The spec, the serving options and the API keys directory ("": keys are not checked)
+    in ``build``'s args (``ValueError`` if invalid)."""
+    spec_wire = {k: v for k, v in args.items() if k not in (OPTIONS_KEY, API_KEYS_ARG)}
+    options = ServingOptions.model_validate(args.get(OPTIONS_KEY, {}))
+    return ModelPoolSpec.model_validate(spec_wire), options, str(args.get(API_KEYS_ARG, ""))
 
 
 def pool_settings(
@@ -143,10 +145,14 @@ class PoolFrontend:
     a model whose tokenizer cannot be loaded fails the deployment with the reason.
     """
 
-    def __init__(self, models: list[dict[str, Any]], options: dict[str, Any], app: str) -> None:
+    def __init__(
+        self, models: list[dict[str, Any]], options: dict[str, Any], app: str, keys_dir: str
+    ) -> None:
         self._models = [ServedModel.model_validate(m) for m in models]
         self._options = ServingOptions.model_validate(options)
         self._app = app
+        self._keys_dir = keys_dir
+        self._gate = AccessGate(keys_dir)
         tokenizers = {m.name: load_tokenizer(m, i) for i, m in enumerate(self._models)}
         self._targets = served_targets(self._models, tokenizers)
         self._pools: dict[str, PoolManager] = {}
@@ -157,6 +163,7 @@ class PoolFrontend:
         """Apply the spec: start the managers, or change replica counts in place."""
         spec = ModelPoolSpec.model_validate(config)
         self._slo = spec.slo
+        self._gate.configure(spec.auth)
         for model in self._models:
             if model.name not in self._pools:
                 settings = pool_settings(model, spec, self._options, self._app)
@@ -170,13 +177,28 @@ class PoolFrontend:
         for pool in self._pools.values():
             await pool.shutdown()
 
-    async def apply(self, spec_wire: dict[str, Any], options: dict[str, Any]) -> bool:
-        """Apply a spec in place; ``False`` when its models or options need a redeploy."""
+    async def apply(
+        self, spec_wire: dict[str, Any], options: dict[str, Any], keys_dir: str
+    ) -> bool:
+        """Apply a spec in place; ``False`` when its models, options or keys directory
+        need a redeploy."""
         spec = ModelPoolSpec.model_validate(spec_wire)
-        same = spec.models == self._models and options == self._options.to_wire()
+        same = (
+            spec.models == self._models
+            and options == self._options.to_wire()
+            and keys_dir == self._keys_dir
+        )
         if same:
             await self.reconfigure(spec_wire)
         return same
+
+    def admit(self, authorization: str | None) -> Caller:
+        """The caller of a request by its ``Authorization`` header; 401 or 429 if refused."""
+        return self._gate.admit(authorization)
+
+    def metrics(self) -> bytes:
+        """Requests and tokens per key id, in Prometheus' text format."""
+        return self._gate.metrics()
 
     def list_models(self) -> dict[str, Any]:
         """The served models and their adapters (with ``parent``, as vLLM lists them), as
@@ -193,19 +215,21 @@ class PoolFrontend:
         ]
         return {"object": "list", "data": data}
 
-    async def complete(self, body: bytes, chat: bool) -> Response:
+    async def complete(self, body: bytes, chat: bool, caller: Caller) -> Response:
         """``POST /v1/completions`` or ``/v1/chat/completions``, streaming or not."""
         if chat:
             conversation = parse_request(ChatCompletionRequest, body)
             target = self._target(conversation.model)
             prompt = _encode_chat(target.tokenizer, conversation.conversation())
-            return await self._generate(conversation, target, prompt, "messages", echo=None)
+            return await self._generate(
+                conversation, target, prompt, "messages", echo=None, caller=caller
+            )
         completion = parse_request(CompletionRequest, body)
         target = self._target(completion.model)
         text = completion.text()
         prompt = target.tokenizer.encode_prompt(text)
         echo = text if completion.echo else None
-        return await self._generate(completion, target, prompt, "prompt", echo=echo)
+        return await self._generate(completion, target, prompt, "prompt", echo, caller)
 
     def status(self) -> dict[str, Any]:
         """Ready replicas, migrations and recoveries per model, and the endpoint path."""
@@ -247,24 +271,30 @@ class PoolFrontend:
         prompt: list[int],
         prompt_param: str,
         echo: str | None,
+        caller: Caller,
     ) -> Response:
         arrived = time.monotonic()
         chat = isinstance(request, ChatCompletionRequest)
         max_model_len = target.model.max_model_len
         limit = request.output_limit(max_model_len - len(prompt))
         check_length(len(prompt), limit, max_model_len, prompt_param, request.limit_param)
+        self._gate.admit_tokens(caller, len(prompt))
         params = request.sampling(limit, target.tokenizer.eos_token_ids, target.adapter)
         pool = self._pools[target.model.name]
-        streams = await self._submit(pool, prompt, params, request, prompt_param)
+        priority = caller.priority(request.priority, "priority" in request.model_fields_set)
+        streams = await self._submit(pool, prompt, params, request, prompt_param, priority)
         response_id = f"{'chatcmpl' if chat else 'cmpl'}-{streams[0].request_id}"
         request_ids = [stream.request_id for stream in streams]
         choices = [
-            timed(
-                choice_deltas(
-                    pool, stream, ChoiceDecoder(target.tokenizer, prompt, request.stops, echo)
+            self._metered(
+                timed(
+                    choice_deltas(
+                        pool, stream, ChoiceDecoder(target.tokenizer, prompt, request.stops, echo)
+                    ),
+                    arrived,
+                    self._timings,
                 ),
-                arrived,
-                self._timings,
+                caller,
             )
             for stream in streams
         ]
@@ -297,19 +327,31 @@ class PoolFrontend:
         params: SamplingParams,
         request: GenerationRequest,
         prompt_param: str,
+        priority: int,
     ) -> list[Stream]:
         """One pool request per choice; if one cannot be placed, none stays."""
         streams: list[Stream] = []
         try:
             for index in range(request.choices):
                 params_i = choice_params(params, index)
-                streams.append(await pool.submit(prompt, params_i, request.priority))
+                streams.append(await pool.submit(prompt, params_i, priority))
         except (OverloadedError, ValueError) as error:
             await cancel_all(pool, [stream.request_id for stream in streams])
             if isinstance(error, OverloadedError):
                 raise overloaded(str(error), self._options.retry_after_s) from error
             raise ApiError(400, str(error), param=prompt_param) from error
         return streams
+
+    async def _metered(self, deltas: AsyncIterator[Delta], caller: Caller) -> AsyncIterator[Delta]:
+        """Pass a choice's deltas on (one per generated token) and charge them to the
+        caller's key when the choice ends, however it ends."""
+        count = 0
+        try:
+            async for delta in deltas:
+                count += 1
+                yield delta
+        finally:
+            self._gate.record_completion(caller, count)
 
 
 def internal_id(response_id: str) -> str:

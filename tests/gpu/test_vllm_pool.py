@@ -76,6 +76,7 @@ def pool(zoo_model: Path) -> Iterator[str]:
         ],
         "replicas": 1,
         "migration": {"enabled": False},
+        "auth": {"mode": "None"},
         "servingOptions": {"controlIntervalS": 0.05},
     }
     try:

@@ -53,6 +53,7 @@ def pool_spec(replicas: int, model: str = MODEL, **options: object) -> dict[str,
         "models": [{"name": model, "uri": URIS[model], "maxModelLen": MAX_MODEL_LEN}],
         "replicas": replicas,
         "migration": {"enabled": False, "maxConcurrent": 2},
+        "auth": {"mode": "None"},
         "servingOptions": {"replicaNumCpus": 0.5, "controlIntervalS": 0.05, **options},
     }
 

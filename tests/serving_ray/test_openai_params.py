@@ -94,6 +94,7 @@ def pool(serve_url: str, checkpoint: Path) -> Iterator[str]:
         ],
         "replicas": 1,
         "migration": {"enabled": False},
+        "auth": {"mode": "None"},
         "servingOptions": {"replicaNumCpus": 0.5, "controlIntervalS": 0.05},
     }
     deploy(spec, name=NAME, route_prefix=f"/{NAME}")

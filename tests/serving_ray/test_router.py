@@ -32,6 +32,7 @@ SPEC = {
     ],
     "replicas": 1,
     "migration": {"enabled": False, "maxConcurrent": 2},
+    "auth": {"mode": "None"},
     "servingOptions": {"replicaNumCpus": 0.5, "controlIntervalS": 0.05},
 }
 BIG = {"name": "big", "pool": "p", "model": ZOO, "costPer1kTokens": 1.0}
@@ -51,7 +52,13 @@ def routers(pool: str, serve_url: str) -> Iterator[Any]:
         learned: list[dict[str, Any]] | None = None,
     ) -> str:
         urls = endpoints or {"big": f"{pool}/v1", "tiny": f"{pool}/v1"}
-        config = {"policyName": name, "policy": policy, "endpoints": urls, "learned": learned or []}
+        open_policy = {"auth": {"mode": "None"}, **policy}
+        config = {
+            "policyName": name,
+            "policy": open_policy,
+            "endpoints": urls,
+            "learned": learned or [],
+        }
         deploy_router(config, name=name, route_prefix=f"/{name}")
         names.append(name)
         base = f"{serve_url}/{name}"

@@ -78,6 +78,7 @@ def test_modelpool_plan_uses_the_cheapest_types() -> None:
     spec = ModelPoolSpec.model_validate(
         {
             "models": [{"name": "m", "uri": "builtin://m", "tensorParallel": 2}],
+            "auth": {"mode": "None"},
             "replicas": 3,
             "gpuTypes": [
                 {"name": "H100", "pricePerHour": 4, "available": 8},
@@ -104,6 +105,7 @@ def test_modelpool_status_counts_each_models_ready_replicas_and_migrations() -> 
     spec = ModelPoolSpec.model_validate(
         {
             "models": [{"name": "a", "uri": "builtin://x"}, {"name": "b", "uri": "builtin://y"}],
+            "auth": {"mode": "None"},
             "replicas": 3,
             "gpuTypes": [
                 {"name": "cpu", "pricePerHour": 0.1, "available": 2},
@@ -195,7 +197,10 @@ def test_fusionjob_one_worker_per_gpu() -> None:
 
 def _routing(*targets: tuple[str, str, str]) -> RoutingPolicySpec:
     return RoutingPolicySpec.model_validate(
-        {"targets": [{"name": n, "pool": p, "model": m} for n, p, m in targets]}
+        {
+            "targets": [{"name": n, "pool": p, "model": m} for n, p, m in targets],
+            "auth": {"mode": "None"},
+        }
     )
 
 

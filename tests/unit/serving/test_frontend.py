@@ -23,6 +23,7 @@ from modelfleet.serving.tokenizer import ByteTokenizer
 from .tokenizers_for_tests import byte_level_bpe, save_model_dir
 
 MINI = {"name": "mini", "uri": "builtin://tiny-llama-mini", "maxModelLen": 64}
+OPEN = {"mode": "None"}
 REPLY = "Hello, wörld! END more"
 
 
@@ -104,13 +105,14 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def start(models: list[dict[str, Any]]) -> PoolFrontend:
-    frontend = PoolFrontend(models, {}, "test")
-    asyncio.run(frontend.reconfigure({"models": models, "replicas": 1}))
+    frontend = PoolFrontend(models, {}, "test", keys_dir="")
+    asyncio.run(frontend.reconfigure({"models": models, "replicas": 1, "auth": OPEN}))
     return frontend
 
 
 def call(frontend: PoolFrontend, chat: bool, **body: Any) -> Response:
-    return asyncio.run(frontend.complete(json.dumps(body).encode(), chat))
+    caller = frontend.admit(None)
+    return asyncio.run(frontend.complete(json.dumps(body).encode(), chat, caller))
 
 
 def complete(frontend: PoolFrontend, chat: bool = False, **body: Any) -> dict[str, Any]:
@@ -255,7 +257,7 @@ def test_a_client_that_leaves_frees_every_choice(monkeypatch: pytest.MonkeyPatch
 
     async def leave() -> None:
         body = {"model": "mini", "prompt": "hi", "n": 2, "stream": True, "max_tokens": 9}
-        response = await frontend.complete(json.dumps(body).encode(), chat=False)
+        response = await frontend.complete(json.dumps(body).encode(), False, frontend.admit(None))
         assert isinstance(response, StreamingResponse)
 
         async def read() -> None:

@@ -21,6 +21,7 @@ import pytest
 import torch
 from ray.serve import Application
 
+from modelfleet.api.auth import Auth, AuthMode
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel
 from modelfleet.serving.app import build
 from modelfleet.serving.catalog import CheckpointModel, resolve_model, resolve_served_model
@@ -87,7 +88,8 @@ def test_pool_settings_thread_the_engine_and_the_model_position() -> None:
         models=[
             ServedModel(name="tiny", uri=MINI_URI, max_model_len=512),
             vllm_model("hf://org/name", name="big", maxModelLen=8192, tensorParallel=4),
-        ]
+        ],
+        auth=Auth(mode=AuthMode.NONE),
     )
     options = ServingOptions()
     tiny, big = (pool_settings(model, spec, options, "app") for model in spec.models)
@@ -136,7 +138,11 @@ def test_replicas_of_vllm_models_reserve_their_tensor_parallel_gpus() -> None:
 
 
 def test_the_http_application_serves_vllm_models() -> None:
-    wire = {"models": [{"name": "big", "uri": "hf://org/name", "engine": "vllm"}], "replicas": 1}
+    wire = {
+        "models": [{"name": "big", "uri": "hf://org/name", "engine": "vllm"}],
+        "replicas": 1,
+        "auth": {"mode": "None"},
+    }
     assert isinstance(build(wire), Application)
 
 
