@@ -18,7 +18,7 @@ from modelfleet.backends.local import LocalBackend
 
 
 @kopf.on.event("", "v1", "secrets")
-def sync_api_keys(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+def sync_api_keys(type: str, body: kopf.Body, **_: Any) -> None:
     """Write the Secret's keys where local services read them, if any service does; a
     deleted Secret leaves no valid key."""
     backend = current().backend
@@ -28,7 +28,6 @@ def sync_api_keys(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
     namespace, name = meta.get("namespace", "default"), meta["name"]
     if not backend.serve.uses_keys(namespace, name):
         return
-    deleted = event.get("type") == "DELETED"
-    data = {} if deleted else dict(body.get("data") or {})
+    data = {} if type == "DELETED" else dict(body.get("data") or {})
     decoded = {key: base64.b64decode(value).decode() for key, value in data.items()}
     backend.serve.sync_keys(namespace, name, decoded)

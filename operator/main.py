@@ -69,6 +69,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--runtime-image", default=env("MODELFLEET_RUNTIME_IMAGE", "modelfleet/runtime:0.1.0")
     )
     parser.add_argument(
+        "--ray-token-auth",
+        action=argparse.BooleanOptionalAction,
+        default=env("MODELFLEET_RAY_TOKEN_AUTH", "true").lower() == "true",
+        help="kuberay backend: Ray token authentication on every RayCluster "
+        "(authOptions.mode=token; needs KubeRay 1.5 or newer)",
+    )
+    parser.add_argument(
+        "--serve-from-namespace",
+        action="append",
+        default=[],
+        help="kuberay backend: a namespace whose pods may call services' Serve port, "
+        "besides each service's own (repeatable)",
+    )
+    parser.add_argument(
+        "--kuberay-namespace",
+        default=env("MODELFLEET_KUBERAY_NAMESPACE", "kuberay-system"),
+        help="kuberay backend: the KubeRay operator's namespace, the only one allowed to "
+        "reach the Ray dashboard ports",
+    )
+    parser.add_argument(
         "--ray-address",
         default=env("MODELFLEET_RAY_ADDRESS"),
         help="local backend: the Ray to serve pools on ('auto', host:port); "
@@ -94,7 +114,13 @@ def make_backend(args: argparse.Namespace, api: Any) -> Any:
     if args.backend == "kuberay":
         from modelfleet.backends.kuberay import KubeRayBackend
 
-        return KubeRayBackend(api, args.runtime_image)
+        return KubeRayBackend(
+            api,
+            args.runtime_image,
+            token_auth=args.ray_token_auth,
+            serve_from=args.serve_from_namespace,
+            kuberay_namespace=args.kuberay_namespace,
+        )
     from controllers.secrets import secret_reader
     from modelfleet.backends.local import LocalBackend
     from modelfleet.backends.local_serve import ServeSettings
@@ -126,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     from modelfleet.core import tls
 
     if args.webhook != "off":
-        import controllers.admission  # noqa: F401  (registers the validating handlers)
+        import controllers.admission  # registers the validating handlers
+    if args.backend == "local":
+        import controllers.apikeys  # noqa: F401  (follows the Secrets of local API keys)
 
     try:
         config.load_incluster_config()

@@ -8,6 +8,7 @@ crash at any point converges to one child with the current spec.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -19,6 +20,8 @@ from modelfleet.artifacts.uri import PVC_MOUNT_ROOT
 from modelfleet.backends.base import Owner, spec_hash
 from modelfleet.core.ttl import Ttl
 from modelfleet.core.workload import (
+    API_KEYS_ARG,
+    API_KEYS_MOUNT,
     ApplyResult,
     Observation,
     WorkerGroup,
@@ -34,7 +37,36 @@ PLURALS = {WorkloadKind.JOB: "rayjobs", WorkloadKind.SERVICE: "rayservices"}
 KINDS = {WorkloadKind.JOB: "RayJob", WorkloadKind.SERVICE: "RayService"}
 HASH_ANNOTATION = "modelfleet.io/spec-hash"
 SERVE_PORT = 8000
+DASHBOARD_PORTS = (8265, 52365)
+"""The Ray dashboard and the dashboard agent, which KubeRay calls to submit and poll."""
+KUBERAY_NAMESPACE = "kuberay-system"
+"""Where the KubeRay operator runs unless told otherwise (its Helm chart's usual namespace)."""
 KUBERAY_NOT_INSTALLED = "KubeRayNotInstalled"
+WORKLOAD_LABEL = "modelfleet.io/workload"
+"""On every Ray pod template: the workload's name, which its NetworkPolicy selects."""
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+API_KEYS_VOLUME = "api-keys"
+RAY_GROUP = 100
+"""The group of the runtime image's user (1000:100, as in rayproject/ray)."""
+
+
+def _pod_security() -> dict[str, Any]:
+    """A Ray pod's part of the restricted Pod Security Standard (see
+    modelfleet.core.pod_security); the fsGroup lets the Ray user read mounted Secrets."""
+    return {
+        "runAsNonRoot": True,
+        "fsGroup": RAY_GROUP,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    """A Ray container's part of the restricted Pod Security Standard."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str, Any]:
@@ -51,19 +83,22 @@ def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str
                 "value": json.dumps(workload.config, sort_keys=True),
             }
         ],
-        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+        "securityContext": _container_security(),
     }
     if workload.credential_secrets:
         container["envFrom"] = [{"secretRef": {"name": s}} for s in workload.credential_secrets]
-    if workload.claims:
-        container["volumeMounts"] = [
-            {
-                "name": _volume_name(claim),
-                "mountPath": f"{PVC_MOUNT_ROOT}/{claim}",
-                "readOnly": True,
-            }
-            for claim in workload.claims
-        ]
+    mounts = [
+        {
+            "name": _volume_name(claim),
+            "mountPath": f"{PVC_MOUNT_ROOT}/{claim}",
+            "readOnly": True,
+        }
+        for claim in workload.claims
+    ]
+    if workload.api_keys_secret:
+        mounts.append({"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT, "readOnly": True})
+    if mounts:
+        container["volumeMounts"] = mounts
     return container
 
 
@@ -73,17 +108,32 @@ def _volume_name(claim: str) -> str:
 
 
 def _pod(container: dict[str, Any], workload: Workload) -> dict[str, Any]:
-    """A pod spec around ``container`` with the workload's claims as read-only volumes."""
-    pod: dict[str, Any] = {"containers": [container]}
-    if workload.claims:
-        pod["volumes"] = [
+    """A pod spec around ``container`` with the workload's claims as read-only volumes and
+    its API keys Secret, under the restricted Pod Security Standard."""
+    pod: dict[str, Any] = {"securityContext": _pod_security(), "containers": [container]}
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": _volume_name(claim),
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+        }
+        for claim in workload.claims
+    ]
+    if workload.api_keys_secret:
+        # Owned by root and the pod's fsGroup (the Ray user's group): readable by Ray only.
+        volumes.append(
             {
-                "name": _volume_name(claim),
-                "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+                "name": API_KEYS_VOLUME,
+                "secret": {"secretName": workload.api_keys_secret, "defaultMode": 0o440},
             }
-            for claim in workload.claims
-        ]
+        )
+    if volumes:
+        pod["volumes"] = volumes
     return pod
+
+
+def _template(pod: dict[str, Any], workload: Workload) -> dict[str, Any]:
+    """A pod template labelled with its workload, the label NetworkPolicies select."""
+    return {"metadata": {"labels": {WORKLOAD_LABEL: workload.name}}, "spec": pod}
 
 
 def _worker_group(group: WorkerGroup, image: str, workload: Workload) -> dict[str, Any]:
@@ -97,63 +147,133 @@ def _worker_group(group: WorkerGroup, image: str, workload: Workload) -> dict[st
         "minReplicas": group.replicas,
         "maxReplicas": group.replicas,
         "rayStartParams": {},
-        "template": {"spec": pod},
+        "template": _template(pod, workload),
     }
 
 
-def render_cluster_spec(workload: Workload, image: str) -> dict[str, Any]:
-    """The RayCluster spec both RayJob and RayService embed."""
-    return {
+def render_cluster_spec(workload: Workload, image: str, token_auth: bool) -> dict[str, Any]:
+    """The RayCluster spec both RayJob and RayService embed. With ``token_auth`` KubeRay
+    (1.5 or newer) generates a token Secret and Ray requires the token on its dashboard and
+    GCS. The dashboard listens on the pod network for KubeRay and is reached only through
+    the head's ClusterIP Service; nothing here exposes it further."""
+    head = _pod(_container("ray-head", image, 0, workload), workload)
+    cluster: dict[str, Any] = {
         "headGroupSpec": {
             "rayStartParams": {"dashboard-host": "0.0.0.0"},
-            "template": {"spec": _pod(_container("ray-head", image, 0, workload), workload)},
+            "serviceType": "ClusterIP",
+            "template": _template(head, workload),
         },
         "workerGroupSpecs": [_worker_group(g, image, workload) for g in workload.worker_groups],
     }
+    if token_auth:
+        cluster["authOptions"] = {"mode": "token"}
+    return cluster
 
 
-def render_spec(workload: Workload, image: str) -> dict[str, Any]:
+def _submitter(image: str, workload: Workload) -> dict[str, Any]:
+    """The RayJob's submitter pod (KubeRay fills in its command and environment), so it too
+    meets the restricted Pod Security Standard."""
+    container = {
+        "name": "ray-job-submitter",
+        "image": image,
+        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}},
+        "securityContext": _container_security(),
+    }
+    pod = {"restartPolicy": "Never", "securityContext": _pod_security(), "containers": [container]}
+    return _template(pod, workload)
+
+
+def render_spec(workload: Workload, image: str, token_auth: bool = True) -> dict[str, Any]:
     """The child's spec: what the spec hash covers."""
-    cluster = render_cluster_spec(workload, image)
+    cluster = render_cluster_spec(workload, image, token_auth)
     if workload.kind is WorkloadKind.JOB:
         return {
             "entrypoint": f"python -m {workload.entrypoint}",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 3600,
+            "submitterPodTemplate": _submitter(image, workload),
             "rayClusterSpec": cluster,
         }
+    args = {**workload.config, **workload.restore}
+    if workload.api_keys_secret:
+        args[API_KEYS_ARG] = API_KEYS_MOUNT
     serve = {
         "applications": [
             {
                 "name": workload.name,
                 "import_path": f"{workload.entrypoint}:build",
                 "route_prefix": "/",
-                "args": {**workload.config, **workload.restore},
+                "args": args,
             }
         ]
     }
     return {"serveConfigV2": yaml.safe_dump(serve, sort_keys=True), "rayClusterConfig": cluster}
 
 
-def render(owner: Owner, workload: Workload, image: str) -> dict[str, Any]:
+def _metadata(owner: Owner, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A child's metadata: labelled, owned by the custom resource, with ``spec``'s hash."""
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {
+            "app.kubernetes.io/managed-by": "modelfleet",
+            "modelfleet.io/owner-kind": owner.kind.lower(),
+            "modelfleet.io/owner-name": owner.name,
+        },
+        "annotations": {HASH_ANNOTATION: spec_hash(spec)},
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def render(owner: Owner, workload: Workload, image: str, token_auth: bool = True) -> dict[str, Any]:
     """The whole child object, labelled and owned by the custom resource. The spec hash
     leaves out the workload's ``restore`` state, so state changes alone update nothing."""
-    spec = render_spec(workload, image)
-    unrestored = render_spec(replace(workload, restore={}), image)
+    spec = render_spec(workload, image, token_auth)
+    unrestored = render_spec(replace(workload, restore={}), image, token_auth)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KINDS[workload.kind],
-        "metadata": {
-            "name": workload.name,
-            "namespace": owner.namespace,
-            "labels": {
-                "app.kubernetes.io/managed-by": "modelfleet",
-                "modelfleet.io/owner-kind": owner.kind.lower(),
-                "modelfleet.io/owner-name": owner.name,
+        "metadata": _metadata(owner, workload.name, unrestored),
+        "spec": spec,
+    }
+
+
+def _namespaces(names: list[str]) -> dict[str, Any]:
+    """A NetworkPolicy peer: every pod in the namespaces so named."""
+    return {
+        "namespaceSelector": {
+            "matchExpressions": [{"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": names}]
+        }
+    }
+
+
+def render_network_policy(
+    owner: Owner, workload: Workload, serve_from: Sequence[str], kuberay_namespace: str
+) -> dict[str, Any]:
+    """The NetworkPolicy of a service workload's Ray pods: the pods talk freely among
+    themselves (GCS, object store, workers); the Serve port answers pods of the namespaces in
+    ``serve_from`` and the workload's own; the dashboard ports only the KubeRay operator's
+    namespace, which submits and polls through them."""
+    pods = {"matchLabels": {WORKLOAD_LABEL: workload.name}}
+    spec = {
+        "podSelector": pods,
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {"from": [{"podSelector": pods}]},
+            {
+                "from": [_namespaces(sorted({*serve_from, owner.namespace}))],
+                "ports": [{"port": SERVE_PORT, "protocol": "TCP"}],
             },
-            "annotations": {HASH_ANNOTATION: spec_hash(unrestored)},
-            "ownerReferences": [owner.reference()],
-        },
+            {
+                "from": [_namespaces([kuberay_namespace])],
+                "ports": [{"port": port, "protocol": "TCP"} for port in DASHBOARD_PORTS],
+            },
+        ],
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(owner, workload.name, spec),
         "spec": spec,
     }
 
@@ -201,16 +321,47 @@ def observe_rayservice(obj: dict[str, Any], workload: Workload) -> Observation:
     )
 
 
+def _outdated(current: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Whether the object as read was rendered from another spec than ``desired``."""
+    annotations = current["metadata"].get("annotations") or {}
+    return bool(
+        annotations.get(HASH_ANNOTATION) != desired["metadata"]["annotations"][HASH_ANNOTATION]
+    )
+
+
+def _update(current: dict[str, Any], desired: dict[str, Any]) -> None:
+    """Give ``current`` (as read, with its resourceVersion) the desired spec and hash."""
+    current["spec"] = desired["spec"]
+    annotations = current["metadata"].get("annotations") or {}
+    current["metadata"]["annotations"] = {**annotations, **desired["metadata"]["annotations"]}
+
+
 class KubeRayBackend:
-    """Applies rendered KubeRay objects through the Kubernetes API."""
+    """Applies rendered KubeRay objects through the Kubernetes API: a RayJob per job, a
+    RayService and its NetworkPolicy per service. ``token_auth`` turns on Ray's token
+    authentication (KubeRay 1.5 or newer); ``serve_from`` are the namespaces, besides a
+    service's own, whose pods may call it; ``kuberay_namespace`` is the KubeRay operator's."""
 
     name = "kuberay"
 
-    def __init__(self, api: client.ApiClient, image: str, cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        image: str,
+        cache_seconds: float = 5.0,
+        *,
+        token_auth: bool = True,
+        serve_from: Sequence[str] = (),
+        kuberay_namespace: str = KUBERAY_NAMESPACE,
+    ) -> None:
         self._core = client.CoreV1Api(api)
         self._custom = client.CustomObjectsApi(api)
+        self._networking = client.NetworkingV1Api(api)
         self._apis = client.ApisApi(api)
         self._image = image
+        self._token_auth = token_auth
+        self._serve_from = tuple(serve_from)
+        self._kuberay_namespace = kuberay_namespace
         self._inventory = Ttl(self._read_inventory, cache_seconds)
         self._installed = Ttl(self._read_installed, cache_seconds)
 
@@ -247,9 +398,15 @@ class KubeRayBackend:
         return cast(dict[str, Any], obj)
 
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
+        """Apply the child (and, first, a service's NetworkPolicy, so its pods never run
+        unguarded); the result is the child's."""
         if not self.installed():
             return ApplyResult.SKIPPED
-        desired = render(owner, workload, self._image)
+        if workload.kind is WorkloadKind.SERVICE:
+            self._apply_network_policy(
+                render_network_policy(owner, workload, self._serve_from, self._kuberay_namespace)
+            )
+        desired = render(owner, workload, self._image, self._token_auth)
         plural = PLURALS[workload.kind]
         current = self._get(owner, workload)
         if current is None:
@@ -262,15 +419,51 @@ class KubeRayBackend:
                     raise
                 return ApplyResult.UNCHANGED
             return ApplyResult.CREATED
-        annotations = current["metadata"].get("annotations") or {}
-        if annotations.get(HASH_ANNOTATION) == desired["metadata"]["annotations"][HASH_ANNOTATION]:
+        if not _outdated(current, desired):
             return ApplyResult.UNCHANGED
-        current["spec"] = desired["spec"]
-        current["metadata"]["annotations"] = {**annotations, **desired["metadata"]["annotations"]}
+        _update(current, desired)
         self._custom.replace_namespaced_custom_object(
             GROUP, VERSION, owner.namespace, plural, workload.name, current
         )
         return ApplyResult.UPDATED
+
+    def _apply_network_policy(self, desired: dict[str, Any]) -> None:
+        """Create the NetworkPolicy, or replace it when its spec hash differs."""
+        name, namespace = desired["metadata"]["name"], desired["metadata"]["namespace"]
+        try:
+            response: Any = self._networking.read_namespaced_network_policy(
+                name, namespace, _preload_content=False
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            try:
+                self._networking.create_namespaced_network_policy(
+                    namespace, client.V1NetworkPolicy.model_validate(desired)
+                )
+            except ApiException as conflict:
+                if conflict.status != 409:
+                    raise
+            return
+        current = json.loads(response.data)
+        if not _outdated(current, desired):
+            return
+        # The rendered object at the version read, keeping annotations others added.
+        metadata = current["metadata"]
+        replacement = {
+            **desired,
+            "metadata": {
+                **desired["metadata"],
+                "resourceVersion": metadata["resourceVersion"],
+                "annotations": {
+                    **(metadata.get("annotations") or {}),
+                    **desired["metadata"]["annotations"],
+                },
+            },
+        }
+        self._networking.replace_namespaced_network_policy(
+            name, namespace, client.V1NetworkPolicy.model_validate(replacement)
+        )
 
     def observe(self, owner: Owner, workload: Workload) -> Observation:
         if not self.installed():

@@ -20,6 +20,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from modelfleet.api.registry import KINDS
+from modelfleet.backends.kuberay import WORKLOAD_LABEL
+from modelfleet.core.pod_security import restricted_violations
 from modelfleet.devcluster.tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,6 +181,8 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(default: list[Obj]) 
         expected[("modelfleet.io", f"{plural}/finalizers")] = ["update"]
     for plural in ("rayjobs", "rayservices"):
         expected[("ray.io", plural)] = ["create", "get", "list", "update", "watch"]
+    expected[("networking.k8s.io", "networkpolicies")] = ["create", "get", "update"]
+    expected[("", "secrets")] = ["get"]
     expected[("", "nodes")] = ["list"]
     expected[("", "events")] = ["create", "patch"]
     expected[("events.k8s.io", "events")] = ["create", "patch"]
@@ -193,6 +197,87 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(default: list[Obj]) 
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
     ]
+
+
+def test_only_the_local_backend_watches_secrets() -> None:
+    """The local backend reloads API keys from the Secret itself; the kuberay one only
+    checks it exists and mounts it into the Ray pods."""
+    rules = one(render("operator.backend=local"), "ClusterRole")["rules"]
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]} in rules
+
+
+@pytest.mark.parametrize("values", [[], ["replicaCount=1", "webhook.enabled=false"]])
+def test_operator_pod_meets_the_restricted_pod_security_standard(values: list[str]) -> None:
+    pod = one(render(*values), "Deployment")["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+
+
+def test_operator_passes_the_workload_security_settings(default: list[Obj]) -> None:
+    (container,) = one(default, "Deployment")["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert "--ray-token-auth" in args
+    # The release's namespace always: the operator reads the routers' /router/status.
+    assert [a for a in args if a.startswith("--serve-from-namespace")] == [
+        f"--serve-from-namespace={NAMESPACE}"
+    ]
+    assert "--kuberay-namespace=kuberay-system" in args
+
+    objects = render(
+        "operator.rayTokenAuth=false",
+        f"networkPolicy.servingFromNamespaces={{gateway,{NAMESPACE}}}",
+        "networkPolicy.kubeRayNamespace=ray-system",
+    )
+    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert "--no-ray-token-auth" in args and "--ray-token-auth" not in args
+    assert [a for a in args if a.startswith("--serve-from-namespace")] == [
+        "--serve-from-namespace=gateway",
+        f"--serve-from-namespace={NAMESPACE}",
+    ]
+    assert "--kuberay-namespace=ray-system" in args
+    (local,) = one(render("operator.backend=local"), "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert not any("ray-token-auth" in a or "namespace=" in a for a in local["args"])
+
+
+def _egress_ports(rule: Obj) -> set[tuple[int, str]]:
+    return {(port["port"], port["protocol"]) for port in rule["ports"]}
+
+
+def test_operator_egress_reaches_only_the_api_server_dns_and_serve(default: list[Obj]) -> None:
+    policy = one(default, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    api_server, dns, serve = policy["egress"]
+    assert _egress_ports(api_server) == {(443, "TCP"), (6443, "TCP")}
+    assert "to" not in api_server  # no CIDRs configured: any address, on those ports only
+    assert _egress_ports(dns) == {(53, "UDP"), (53, "TCP")}
+    assert _egress_ports(serve) == {(8000, "TCP")}
+    assert serve["to"] == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchExpressions": [{"key": WORKLOAD_LABEL, "operator": "Exists"}]},
+        }
+    ]
+
+    pinned = one(
+        render(
+            "networkPolicy.egress.apiServerPorts={6443}",
+            "networkPolicy.egress.apiServerCIDRs={172.18.0.2/32,fd00::1/128}",
+        ),
+        "NetworkPolicy",
+    )["spec"]["egress"][0]
+    assert _egress_ports(pinned) == {(6443, "TCP")}
+    assert pinned["to"] == [
+        {"ipBlock": {"cidr": "172.18.0.2/32"}},
+        {"ipBlock": {"cidr": "fd00::1/128"}},
+    ]
+
+
+def test_local_backend_keeps_egress_open() -> None:
+    """The local backend's Ray runs in the operator pod and fetches models from anywhere."""
+    policy = one(render("operator.backend=local"), "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"] and "egress" not in policy
 
 
 def test_services_select_the_operator_pods(default: list[Obj]) -> None:
@@ -370,6 +455,12 @@ def test_readme_documents_every_value() -> None:
         ("webhook.port=70000", "at '/webhook/port': maximum"),
         ("image.digest=latest", "at '/image/digest': 'latest' does not match pattern"),
         ("operator.watchNamespaces={Team_A}", "at '/operator/watchNamespaces/0'"),
+        ("networkPolicy.egress.apiServerPorts={0}", "at '/networkPolicy/egress/apiServerPorts/0'"),
+        (
+            "networkPolicy.egress.apiServerCIDRs={10.0.0.1}",
+            "at '/networkPolicy/egress/apiServerCIDRs/0'",
+        ),
+        ("networkPolicy.kubeRayNamespace=Ray", "at '/networkPolicy/kubeRayNamespace'"),
     ],
 )
 def test_schema_rejects_bad_values_clearly(value: str, message: str) -> None:

@@ -1,19 +1,39 @@
-"""KubeRay rendering and status mapping: pure functions, no API server."""
+"""KubeRay rendering and status mapping: pure functions, no API server (the backend's
+apply runs against fakes of the Kubernetes API classes)."""
 
 from __future__ import annotations
 
+import copy
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
 import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from modelfleet.backends.base import Owner
 from modelfleet.backends.kuberay import (
     HASH_ANNOTATION,
+    WORKLOAD_LABEL,
+    KubeRayBackend,
     observe_rayjob,
     observe_rayservice,
     render,
+    render_network_policy,
 )
 from modelfleet.backends.local import RUNTIME_NOT_AVAILABLE, LocalBackend, runtime_available
+from modelfleet.core.pod_security import restricted_violations
+from modelfleet.core.ttl import Ttl
 from modelfleet.core.workload import (
+    API_KEYS_ARG,
+    API_KEYS_MOUNT,
     GPU_PRODUCT_LABEL,
+    ApplyResult,
     WorkerGroup,
     Workload,
     WorkloadKind,
@@ -38,6 +58,18 @@ SERVICE = Workload(
     {"replicas": 3},
     (WorkerGroup("g0-l4", "L4", 2, 1), WorkerGroup("g1-h100", "H100", 1, 1)),
 )
+RUNTIME_DOCKERFILE = Path(__file__).resolve().parents[2] / "images" / "runtime" / "Dockerfile"
+KEYED = replace(SERVICE, api_keys_secret="pool-keys", claims=("team-models",))
+
+
+def templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every pod template of a rendered RayJob or RayService: head, workers, submitter."""
+    cluster = obj["spec"].get("rayClusterConfig") or obj["spec"]["rayClusterSpec"]
+    found = [cluster["headGroupSpec"]["template"]]
+    found += [group["template"] for group in cluster["workerGroupSpecs"]]
+    if "submitterPodTemplate" in obj["spec"]:
+        found.append(obj["spec"]["submitterPodTemplate"])
+    return found
 
 
 def test_rayjob_is_owned_labelled_and_placed() -> None:
@@ -112,7 +144,7 @@ def test_local_backend_says_which_runtime_is_missing() -> None:
     assert LocalBackend().observe(OWNER, present).reason == "LocalRunNotSupported"
 
 
-def test_model_credentials_and_claims_reach_every_ray_pod() -> None:
+def test_model_credentials_claims_and_api_keys_reach_every_ray_pod() -> None:
     from modelfleet.api.modelpool import ModelPoolSpec
     from modelfleet.serving.plan import plan_modelpool
 
@@ -125,21 +157,197 @@ def test_model_credentials_and_claims_reach_every_ray_pod() -> None:
                     "uri": "pvc://team-models/llama",
                     "adapters": [{"name": "b-sql", "uri": "pvc://adapters/sql"}],
                 },
-            ]
+            ],
+            "auth": {"mode": "ApiKey", "secretName": "pool-keys"},
         }
     )
     workload = plan_modelpool("pool", spec)
     assert isinstance(workload, Workload)
-    cluster = render(OWNER, workload, "img:1")["spec"]["rayClusterConfig"]
-    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [
-        group["template"]["spec"] for group in cluster["workerGroupSpecs"]
-    ]
+    obj = render(OWNER, workload, "img:1")
+    pods = [template["spec"] for template in templates(obj)]
+    assert len(pods) == 1 + len(workload.worker_groups)
     for pod in pods:
         container = pod["containers"][0]
         assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
-        claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"]}
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]
+            for v in pod["volumes"]
+            if "persistentVolumeClaim" in v
+        }
         assert sorted(c["claimName"] for c in claims.values()) == ["adapters", "team-models"]
         assert all(c["readOnly"] for c in claims.values())
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-        assert set(mounts) == {"/mnt/pvc/adapters", "/mnt/pvc/team-models"}
-        assert all(m["readOnly"] and m["name"] in claims for m in mounts.values())
+        assert set(mounts) == {"/mnt/pvc/adapters", "/mnt/pvc/team-models", API_KEYS_MOUNT}
+        assert all(m["readOnly"] for m in mounts.values())
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert set(volumes) == {m["name"] for m in mounts.values()}
+        # Root-owned files of the fsGroup's group, mode 0440: the non-root Ray user reads them.
+        keys = volumes[mounts[API_KEYS_MOUNT]["name"]]["secret"]
+        assert keys == {"secretName": "pool-keys", "defaultMode": 0o440}
+        group = pod["securityContext"]["fsGroup"]
+        assert re.search(rf"^USER \d+:{group}$", RUNTIME_DOCKERFILE.read_text(), re.MULTILINE)
+    serve = yaml.safe_load(obj["spec"]["serveConfigV2"])
+    assert serve["applications"][0]["args"][API_KEYS_ARG] == API_KEYS_MOUNT
+
+
+def test_api_keys_never_become_environment() -> None:
+    """Environment variables leak into logs, crash dumps and `kubectl describe`; the keys
+    are files the app reloads on rotation."""
+    for template in templates(render(OWNER, KEYED, "img:1")):
+        for container in template["spec"]["containers"]:
+            refs = json.dumps([container.get("env"), container.get("envFrom")])
+            assert "pool-keys" not in refs
+
+
+def test_no_api_keys_mounts_nothing_and_leaves_the_args_alone() -> None:
+    obj = render(OWNER, SERVICE, "img:1")
+    for template in templates(obj):
+        assert "volumes" not in template["spec"]
+        assert "volumeMounts" not in template["spec"]["containers"][0]
+    (app,) = yaml.safe_load(obj["spec"]["serveConfigV2"])["applications"]
+    assert API_KEYS_ARG not in app["args"]
+
+
+@pytest.mark.parametrize("workload", [JOB, SERVICE, KEYED], ids=lambda w: w.name)
+def test_every_ray_pod_is_labelled_and_restricted(workload: Workload) -> None:
+    """Namespaces enforcing the restricted Pod Security Standard admit the Ray pods, and
+    the workload's NetworkPolicy selects every one of them by its label."""
+    obj = render(OWNER, workload, "img:1")
+    submitter = workload.kind is WorkloadKind.JOB
+    assert len(templates(obj)) == 1 + len(workload.worker_groups) + submitter
+    for template in templates(obj):
+        assert template["metadata"]["labels"] == {WORKLOAD_LABEL: workload.name}
+        assert restricted_violations(template["spec"]) == []
+
+
+def test_ray_token_auth_is_on_unless_turned_off() -> None:
+    for workload, cluster in ((JOB, "rayClusterSpec"), (SERVICE, "rayClusterConfig")):
+        on = render(OWNER, workload, "img:1")["spec"][cluster]
+        assert on["authOptions"] == {"mode": "token"}
+        assert (
+            "authOptions" not in render(OWNER, workload, "img:1", token_auth=False)["spec"][cluster]
+        )
+    # The Ray dashboard stays inside the cluster: a ClusterIP head Service, no ingress.
+    head = render(OWNER, SERVICE, "img:1")["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert head["serviceType"] == "ClusterIP" and "enableIngress" not in head
+
+
+def _namespaces(peer: dict[str, Any]) -> list[str]:
+    (expression,) = peer["namespaceSelector"]["matchExpressions"]
+    assert (expression["key"], expression["operator"]) == ("kubernetes.io/metadata.name", "In")
+    return list(expression["values"])
+
+
+def test_network_policy_guards_the_serve_and_dashboard_ports() -> None:
+    policy = render_network_policy(OWNER, KEYED, ["gateway", "team-a"], "ray-operators")
+    assert (policy["kind"], policy["metadata"]["name"]) == ("NetworkPolicy", KEYED.name)
+    assert policy["metadata"]["namespace"] == OWNER.namespace
+    assert policy["metadata"]["ownerReferences"] == [OWNER.reference()]
+    spec = policy["spec"]
+    pods = {"matchLabels": {WORKLOAD_LABEL: KEYED.name}}
+    assert spec["podSelector"] == pods and spec["policyTypes"] == ["Ingress"]
+    peers, serve, dashboard = spec["ingress"]
+    assert peers == {"from": [{"podSelector": pods}]}  # every port: Ray's own traffic
+    assert serve["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    (serve_from,) = serve["from"]
+    assert _namespaces(serve_from) == ["gateway", "team-a"]  # the own namespace, once
+    assert {p["port"] for p in dashboard["ports"]} == {8265, 52365}
+    (kuberay,) = dashboard["from"]
+    assert _namespaces(kuberay) == ["ray-operators"]
+    alone = render_network_policy(OWNER, KEYED, [], "kuberay-system")["spec"]["ingress"][1]
+    assert _namespaces(alone["from"][0]) == [OWNER.namespace]
+
+
+class FakeNetworking:
+    """NetworkingV1Api's NetworkPolicy calls over a dict of stored objects (as JSON)."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, dict[str, Any]] = {}
+        self.writes: list[str] = []
+
+    def read_namespaced_network_policy(self, name: str, namespace: str, **_: Any) -> Any:
+        if name not in self.stored:
+            raise ApiException(status=404)
+        return SimpleNamespace(data=json.dumps(self.stored[name]))
+
+    def _store(self, body: client.V1NetworkPolicy, version: str) -> None:
+        # What the real client sends.
+        stored: dict[str, Any] = client.ApiClient().sanitize_for_serialization(body)  # type: ignore[no-untyped-call]
+        stored["metadata"]["resourceVersion"] = version
+        self.stored[stored["metadata"]["name"]] = stored
+
+    def create_namespaced_network_policy(
+        self, namespace: str, body: client.V1NetworkPolicy
+    ) -> None:
+        self.writes.append("create")
+        self._store(body, "1")
+
+    def replace_namespaced_network_policy(
+        self, name: str, namespace: str, body: client.V1NetworkPolicy
+    ) -> None:
+        assert body.metadata and body.metadata.resource_version == "1"  # the version read
+        self.writes.append("replace")
+        self._store(body, "2")
+
+
+class FakeObjects:
+    """CustomObjectsApi's calls for one kind, over a dict of stored objects."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, dict[str, Any]] = {}
+
+    def get_namespaced_custom_object(self, *args: str) -> dict[str, Any]:
+        if args[-1] not in self.stored:
+            raise ApiException(status=404)
+        return copy.deepcopy(self.stored[args[-1]])
+
+    def create_namespaced_custom_object(self, *args: Any) -> None:
+        self.stored[args[-1]["metadata"]["name"]] = args[-1]
+
+    def replace_namespaced_custom_object(self, *args: Any) -> None:
+        self.stored[args[-2]] = args[-1]
+
+
+def backend_with_fakes(
+    networking: FakeNetworking, objects: FakeObjects, **settings: Any
+) -> KubeRayBackend:
+    """A KubeRayBackend on the fakes, with KubeRay installed."""
+    backend = KubeRayBackend(client.ApiClient(), "img:1", **settings)
+    backend._networking = networking  # type: ignore[assignment]
+    backend._custom = objects  # type: ignore[assignment]
+    backend._installed = Ttl(lambda: True, 60)
+    return backend
+
+
+def test_apply_keeps_one_current_network_policy_next_to_the_rayservice() -> None:
+    networking, objects = FakeNetworking(), FakeObjects()
+    backend = backend_with_fakes(networking, objects, serve_from=["gateway"])
+    assert backend.apply(OWNER, KEYED) is ApplyResult.CREATED
+    assert backend.apply(OWNER, KEYED) is ApplyResult.UNCHANGED
+    assert networking.writes == ["create"]
+    owners = objects.stored[KEYED.name]["metadata"]["ownerReferences"]
+    assert networking.stored[KEYED.name]["metadata"]["ownerReferences"] == owners
+
+    networking.stored[KEYED.name]["metadata"]["annotations"]["team-a/reviewed"] = "yes"
+    moved = backend_with_fakes(
+        networking, objects, serve_from=["gateway"], kuberay_namespace="ray-ops"
+    )
+    assert moved.apply(OWNER, KEYED) is ApplyResult.UNCHANGED  # the RayService is as it was
+    assert networking.writes == ["create", "replace"]
+    replaced = networking.stored[KEYED.name]
+    assert "ray-ops" in json.dumps(replaced["spec"])
+    assert replaced["metadata"]["annotations"]["team-a/reviewed"] == "yes"
+
+    assert backend.apply(OWNER, JOB) is ApplyResult.CREATED
+    assert set(networking.stored) == {KEYED.name}  # jobs get none
+
+
+def test_a_network_policy_created_meanwhile_is_fine() -> None:
+    networking = FakeNetworking()
+    backend = backend_with_fakes(networking, FakeObjects())
+
+    def conflict(namespace: str, body: client.V1NetworkPolicy) -> None:
+        raise ApiException(status=409)
+
+    networking.create_namespaced_network_policy = conflict  # type: ignore[method-assign]
+    assert backend.apply(OWNER, SERVICE) is ApplyResult.CREATED
