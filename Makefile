@@ -53,7 +53,7 @@ demo: venv provision
 demo-down: venv
 	$(PY) hack/demo.py --down
 
-BENCHMARKS ?= seqpar placement serving_engine serving_migration serving_trace operator_scale routing
+BENCHMARKS ?= seqpar placement serving_engine serving_migration serving_trace operator_scale routing auth
 
 # Each benchmark's output goes to benchmarks/out/<name>.log; their RESULT lines are then
 # gathered into benchmarks/results.md with the date and the machine.

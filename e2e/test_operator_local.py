@@ -448,3 +448,48 @@ spec:
         operator.logs()
     )
     kube("delete", "modelpool/from-s3", "-n", NS, "--timeout=60s")
+
+
+GUARDED_POOL = """
+apiVersion: modelfleet.io/v1alpha1
+kind: ModelPool
+metadata: {name: guarded}
+spec:
+  models: [{name: mini, uri: "builtin://tiny-llama-mini", maxModelLen: 256}]
+  replicas: 1
+  auth: {mode: ApiKey, secretName: guarded-keys}
+"""
+
+
+def _accepts(endpoint: str, key: str) -> bool:
+    """Whether the pool answers a request made with ``key`` (False on a 401)."""
+    client = openai.OpenAI(base_url=endpoint, api_key=key, max_retries=0, timeout=60)
+    try:
+        client.completions.create(model="mini", prompt="hi", max_tokens=2)
+    except openai.AuthenticationError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_a_pool_waits_for_its_keys_secret_and_follows_its_rotation(
+    kube: Kube, operator: Operator
+) -> None:
+    kube("apply", "-n", NS, "-f", "-", stdin=GUARDED_POOL)
+    blocked = kube.wait_reason("modelpool/guarded", NS, "AuthSecretNotFound", timeout=60)
+    assert "Secret 'guarded-keys' does not exist in namespace 'local'" in blocked["message"]
+    first, second = f"sk-first-{uuid.uuid4().hex}", f"sk-second-{uuid.uuid4().hex}"
+    kube("create", "secret", "generic", "guarded-keys", "-n", NS, f"--from-literal=team-a={first}")
+    ready = kube.wait_reason("modelpool/guarded", NS, "Serving", timeout=SERVING_TIMEOUT)
+    assert ready["status"] == "True", operator.logs()[-3000:]
+    endpoint = kube.get("modelpool/guarded", "-n", NS)["status"]["endpoint"]
+    assert _accepts(endpoint, first) and not _accepts(endpoint, "sk-guess")
+
+    rotated = json.dumps({"stringData": {"team-a": second}})
+    kube("patch", "secret", "guarded-keys", "-n", NS, "--type=merge", "-p", rotated)
+    assert wait_for(lambda: not _accepts(endpoint, first), 15, "the old key to be revoked")
+    assert _accepts(endpoint, second)
+    status = json.dumps(kube.get("modelpool/guarded", "-n", NS)["status"])
+    logs = operator.logs()
+    assert all(key not in status and key not in logs for key in (first, second))
+    kube("delete", "modelpool/guarded", "secret/guarded-keys", "-n", NS, "--timeout=60s")

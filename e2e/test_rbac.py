@@ -112,7 +112,9 @@ def test_operator_needs_nothing_beyond_the_chart_role(
 
     # The identity is the ServiceAccount, and the role is narrow.
     assert can("watch", "fedjobs.modelfleet.io", "--all-namespaces")
-    assert not can("get", "secrets", "-n", NS)
+    # A Secret is read only by the name a spec's auth gives; none are listed or changed.
+    assert can("get", "secrets", "-n", WORKLOADS)
+    assert not can("list", "secrets", "-n", NS) and not can("update", "secrets", "-n", NS)
     assert not can("delete", "fedjobs.modelfleet.io", "-n", WORKLOADS)
     assert not can("patch", "validatingwebhookconfigurations")
 
@@ -203,7 +205,8 @@ def test_operator_watching_a_namespace_needs_nothing_beyond_the_chart_role(
         f"--namespace={watched}",
         env={"KUBECONFIG": str(kubeconfig)},
     )
-    kube("apply", "-n", watched, "-f", str(ROOT / "examples" / "modelpool.yaml"))
+    for example in ("api-keys.yaml", "modelpool.yaml"):
+        kube("apply", "-n", watched, "-f", str(ROOT / "examples" / example))
     kube.wait_reason("modelpool/chat", watched, "RayServiceStarting", 90)
     peering = kube.get("kopfpeering", "modelfleet-rbac", "-n", watched)
     assert peering.get("status"), "the operator never joined its peering"
