@@ -320,7 +320,8 @@ The control plane, the operator and its Ray keep running:
   export KUBECONFIG={cluster.kubeconfig}
   {cluster.bin_dir / "kubectl"} get modelfleet
   {cluster.bin_dir / "kubectl"} explain fedjob.spec.clients
-  curl -s $(kubectl get modelpool chat -o jsonpath='{{.status.endpoint}}')/models
+  curl -s -H "Authorization: Bearer {DEMO_KEY}" \\
+    $(kubectl get modelpool chat -o jsonpath='{{.status.endpoint}}')/models
   operator log: {DEMO / "operator.log"}
 Stop everything with: make demo-down""")
 
