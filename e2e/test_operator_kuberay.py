@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
+from modelfleet.backends.kuberay import ClusterChange, cluster_change
 from modelfleet.scheduling.inventory import describe_node
 
 pytestmark = pytest.mark.envtest
@@ -126,9 +127,8 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
     endpoint = kube.get("routingpolicy/chat-router", "-n", NS)["status"]["endpoint"]
     assert endpoint == "http://chat-router-router-serve-svc.ray.svc:8000/v1"
 
-    before = kube.get("rayservice/chat-serve", "-n", NS)["metadata"]["annotations"][
-        "modelfleet.io/spec-hash"
-    ]
+    serving = kube.get("rayservice/chat-serve", "-n", NS)
+    before = serving["metadata"]["annotations"]["modelfleet.io/spec-hash"]
     kube("scale", "modelpool/chat", "-n", NS, "--replicas=5")
     wait_for(
         lambda: (
@@ -140,10 +140,11 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
         30,
         "the RayService to follow the scale",
     )
-    groups = kube.get("rayservice/chat-serve", "-n", NS)["spec"]["rayClusterConfig"][
-        "workerGroupSpecs"
-    ]
-    assert [(g["groupName"], g["replicas"]) for g in groups] == [("g0-cpu", 4), ("g1-l4", 1)]
+    scaled = kube.get("rayservice/chat-serve", "-n", NS)["spec"]["rayClusterConfig"]
+    groups = [(g["groupName"], g["replicas"]) for g in scaled["workerGroupSpecs"]]
+    assert groups == [("g0-cpu", 4), ("g1-l4", 1), ("g2-a100-80gb", 0)]
+    old_cluster = serving["spec"]["rayClusterConfig"]
+    assert cluster_change(old_cluster, scaled) is ClusterChange.NONE, "KubeRay keeps its cluster"
 
     operator.stop(signal.SIGKILL)
     restarted = start()

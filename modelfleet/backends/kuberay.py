@@ -8,8 +8,10 @@ crash at any point converges to one child with the current spec.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from enum import StrEnum
 from typing import Any, cast
 
 import yaml
@@ -32,6 +34,7 @@ from modelfleet.core.workload import (
 )
 from modelfleet.scheduling.inventory import Inventory, read_inventory
 
+log = logging.getLogger(__name__)
 GROUP, VERSION = "ray.io", "v1"
 PLURALS = {WorkloadKind.JOB: "rayjobs", WorkloadKind.SERVICE: "rayservices"}
 KINDS = {WorkloadKind.JOB: "RayJob", WorkloadKind.SERVICE: "RayService"}
@@ -70,6 +73,9 @@ def _container_security() -> dict[str, Any]:
 
 
 def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str, Any]:
+    """A Ray container. A job's config is in its environment; a service's travels only in
+    its serveConfigV2, which KubeRay applies to the running cluster: in the pods it would
+    change the pod template on every scale, and KubeRay would start a new RayCluster."""
     resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "2Gi"}}
     if gpus:
         resources["limits"] = {"nvidia.com/gpu": gpus}
@@ -77,14 +83,11 @@ def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str
         "name": name,
         "image": image,
         "resources": resources,
-        "env": [
-            {
-                "name": "MODELFLEET_WORKLOAD_CONFIG",
-                "value": json.dumps(workload.config, sort_keys=True),
-            }
-        ],
         "securityContext": _container_security(),
     }
+    if workload.kind is WorkloadKind.JOB:
+        config = json.dumps(workload.config, sort_keys=True)
+        container["env"] = [{"name": "MODELFLEET_WORKLOAD_CONFIG", "value": config}]
     if workload.credential_secrets:
         container["envFrom"] = [{"secretRef": {"name": s}} for s in workload.credential_secrets]
     mounts = [
@@ -321,6 +324,40 @@ def observe_rayservice(obj: dict[str, Any], workload: Workload) -> Observation:
     )
 
 
+class ClusterChange(StrEnum):
+    """What KubeRay does with a RayService whose cluster spec changed (its
+    ``shouldPrepareNewCluster`` rule): nothing, update the cluster in place, or roll out a
+    new cluster and move traffic once it serves."""
+
+    NONE = "None"
+    IN_PLACE = "InPlace"
+    NEW_CLUSTER = "NewCluster"
+
+
+def _without_replicas(cluster: dict[str, Any]) -> dict[str, Any]:
+    """The cluster spec as KubeRay hashes it to compare: replica counts left out."""
+    muted = ("replicas", "minReplicas", "maxReplicas")
+    groups = [
+        {key: value for key, value in group.items() if key not in muted}
+        for group in cluster.get("workerGroupSpecs", [])
+    ]
+    return {**cluster, "workerGroupSpecs": groups}
+
+
+def cluster_change(old: dict[str, Any], new: dict[str, Any]) -> ClusterChange:
+    """How KubeRay takes a RayService's ``rayClusterConfig`` going from ``old`` to ``new``:
+    equal but for replica counts is no new cluster, nor are worker groups appended at the
+    end; anything else (a pod template, a removed group) is a new RayCluster."""
+    if _without_replicas(old) == _without_replicas(new):
+        return ClusterChange.NONE
+    groups = len(old.get("workerGroupSpecs", []))
+    if len(new.get("workerGroupSpecs", [])) > groups:
+        kept = {**new, "workerGroupSpecs": new["workerGroupSpecs"][:groups]}
+        if _without_replicas(old) == _without_replicas(kept):
+            return ClusterChange.IN_PLACE
+    return ClusterChange.NEW_CLUSTER
+
+
 def _outdated(current: dict[str, Any], desired: dict[str, Any]) -> bool:
     """Whether the object as read was rendered from another spec than ``desired``."""
     annotations = current["metadata"].get("annotations") or {}
@@ -421,6 +458,17 @@ class KubeRayBackend:
             return ApplyResult.CREATED
         if not _outdated(current, desired):
             return ApplyResult.UNCHANGED
+        if workload.kind is WorkloadKind.SERVICE:
+            change = cluster_change(
+                current["spec"].get("rayClusterConfig") or {}, desired["spec"]["rayClusterConfig"]
+            )
+            if change is ClusterChange.NEW_CLUSTER:
+                log.info(
+                    "%s/%s: the change reaches the Ray pods, so KubeRay starts a new RayCluster "
+                    "and moves traffic to it once it serves",
+                    owner.namespace,
+                    workload.name,
+                )
         _update(current, desired)
         self._custom.replace_namespaced_custom_object(
             GROUP, VERSION, owner.namespace, plural, workload.name, current

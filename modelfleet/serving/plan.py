@@ -72,20 +72,22 @@ def hourly_cost(placed: dict[str, int], offers: list[GpuOffer], gpus: int) -> fl
 
 
 def plan_modelpool(name: str, spec: ModelPoolSpec) -> Workload | Blocked:
-    """A Ray Serve service with one worker group per GPU type in use."""
+    """A Ray Serve service with one worker group per GPU type of ``spec.gpuTypes``, in
+    their order, those without replicas at 0: scaling changes only replica counts, which
+    KubeRay applies to the running cluster instead of starting a new one."""
     gpus = gpus_per_replica(spec)
     placed = assign_replicas(spec.replicas, spec.gpu_types, gpus)
     if isinstance(placed, Blocked):
         return placed
     groups = tuple(
         WorkerGroup(
-            name=worker_group_name(i, gpu_type),
-            gpu_type=gpu_type,
-            replicas=count,
-            gpus_per_worker=0 if gpu_type == CPU else gpus,
-            node_selector=gpu_selector(gpu_type),
+            name=worker_group_name(i, offer.name),
+            gpu_type=offer.name,
+            replicas=placed.get(offer.name, 0),
+            gpus_per_worker=0 if offer.name == CPU else gpus,
+            node_selector=gpu_selector(offer.name),
         )
-        for i, (gpu_type, count) in enumerate(placed.items())
+        for i, offer in enumerate(spec.gpu_types)
     )
     return Workload(
         name=child_name(name, "serve"),
@@ -143,13 +145,15 @@ def compute_modelpool_status(
 def replicas_by_model(
     spec: ModelPoolSpec, workload: Workload, observation: Observation, total: int
 ) -> list[ReplicaCount]:
-    """Each model's ready replicas spread over the GPU types; where the backend cannot
-    tell models apart, every model counts as ready on every ready replica."""
+    """Each model's ready replicas spread over the GPU types it is placed on (the groups
+    of the other offered types stay at 0 and are left out); where the backend cannot tell
+    models apart, every model counts as ready on every ready replica."""
+    placed = tuple(group for group in workload.worker_groups if group.replicas)
     counts = [
         ReplicaCount(gpu_type=gpu_type, model=model.name, replicas=n)
         for model in spec.models
         for gpu_type, n in distribute_ready(
-            workload.worker_groups, observation.model_replicas.get(model.name, total)
+            placed, observation.model_replicas.get(model.name, total)
         ).items()
     ]
     return sorted(counts, key=lambda c: (c.gpu_type, c.model))

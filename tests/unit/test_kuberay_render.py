@@ -20,7 +20,9 @@ from modelfleet.backends.base import Owner
 from modelfleet.backends.kuberay import (
     HASH_ANNOTATION,
     WORKLOAD_LABEL,
+    ClusterChange,
     KubeRayBackend,
+    cluster_change,
     observe_rayjob,
     observe_rayservice,
     render,
@@ -351,3 +353,44 @@ def test_a_network_policy_created_meanwhile_is_fine() -> None:
 
     networking.create_namespaced_network_policy = conflict  # type: ignore[method-assign]
     assert backend.apply(OWNER, SERVICE) is ApplyResult.CREATED
+
+
+def _pool(replicas: int, gpu_types: list[dict[str, Any]]) -> Workload:
+    from modelfleet.api.modelpool import ModelPoolSpec
+    from modelfleet.serving.plan import plan_modelpool
+
+    spec = ModelPoolSpec.model_validate(
+        {
+            "models": [{"name": "m", "uri": "builtin://m"}],
+            "replicas": replicas,
+            "gpuTypes": gpu_types,
+            "auth": {"mode": "None"},
+        }
+    )
+    workload = plan_modelpool("pool", spec)
+    assert isinstance(workload, Workload)
+    return workload
+
+
+def test_scaling_a_pool_changes_only_replica_counts_so_kuberay_keeps_its_cluster() -> None:
+    """KubeRay starts a new RayCluster for any change of a RayService's cluster spec but its
+    replica counts (and appended groups); scaling across GPU types must stay within that."""
+    offers = [
+        {"name": "cpu", "pricePerHour": 0.1, "available": 2},
+        {"name": "L4", "pricePerHour": 1, "available": 4},
+        {"name": "A100-80GB", "pricePerHour": 4, "available": 4},
+    ]
+    clusters = {
+        replicas: render(OWNER, _pool(replicas, offers), "img:1")["spec"]["rayClusterConfig"]
+        for replicas in (0, 1, 2, 5, 10)
+    }
+    assert [g["replicas"] for g in clusters[5]["workerGroupSpecs"]] == [2, 3, 0]
+    for old in clusters.values():
+        for new in clusters.values():
+            assert cluster_change(old, new) is ClusterChange.NONE
+    image = render(OWNER, _pool(2, offers), "img:2")["spec"]["rayClusterConfig"]
+    assert cluster_change(clusters[2], image) is ClusterChange.NEW_CLUSTER
+    more = _pool(2, [*offers, {"name": "H100", "pricePerHour": 9, "available": 1}])
+    grown = render(OWNER, more, "img:1")["spec"]["rayClusterConfig"]
+    assert cluster_change(clusters[2], grown) is ClusterChange.IN_PLACE
+    assert cluster_change(grown, clusters[2]) is ClusterChange.NEW_CLUSTER

@@ -90,9 +90,9 @@ def test_modelpool_plan_uses_the_cheapest_types() -> None:
     assert not isinstance(workload, Blocked)
     assert workload.kind is WorkloadKind.SERVICE and workload.name == "chat-serve"
     assert [(g.gpu_type, g.replicas, g.gpus_per_worker) for g in workload.worker_groups] == [
-        ("L4", 2, 2),
         ("H100", 1, 2),
-    ]
+        ("L4", 2, 2),
+    ], "one group per offered type, in spec order, so scaling changes only counts"
     seen = Observation(WorkloadState.RUNNING, "Serving", ready_replicas={"L4": 2, "H100": 1})
     status = compute_modelpool_status(spec, workload, seen, ModelPoolStatus(), 1, NOW)
     assert (status.replicas, status.cost_per_hour) == (3, 2 * 2 * 1 + 1 * 2 * 4)
