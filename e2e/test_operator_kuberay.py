@@ -53,6 +53,16 @@ def start(kube: Kube, start_operator: Callable[..., Operator]) -> Callable[[], O
     )
 
 
+def gpu_products(pod: dict[str, Any]) -> list[str] | None:
+    """The ``nvidia.com/gpu.product`` values a pod's node affinity requires, if any."""
+    if "affinity" not in pod:
+        return None
+    required = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    expression = required["nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert expression["key"] == "nvidia.com/gpu.product"
+    return list(expression["values"])
+
+
 def _children(kube: Kube, plural: str) -> list[dict[str, object]]:
     return list(kube.get(plural, "-n", NS)["items"])
 
@@ -84,13 +94,11 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
         True,
     )
     groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert [
-        g["template"]["spec"].get("nodeSelector", {}).get("nvidia.com/gpu.product") for g in groups
-    ] == [
-        "A100-80GB",
-        "L4",
+    assert [gpu_products(g["template"]["spec"]) for g in groups] == [
+        ["A100-80GB", "NVIDIA-A100-SXM4-80GB"],
+        ["L4", "NVIDIA-L4"],
         None,
-    ]
+    ], "the clients' GPU types, as named and as the nodes' feature discovery names them"
     assert kube.condition("fedjob/clinical-notes", NS, "Progressing")["status"] == "True"
 
     _set_status(
@@ -157,6 +165,45 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
     services = sorted(o["metadata"]["name"] for o in _children(kube, "rayservices"))  # type: ignore[index]
     assert services == ["chat-router-router", "chat-serve"]
     assert kube.condition("fedjob/clinical-notes", NS)["reason"] == "Running"
+
+
+def test_a_service_keeps_its_network_policy_and_lands_on_real_gpu_products(kube: Kube) -> None:
+    """Runs with the restarted operator of the test above."""
+    policy = kube.get("networkpolicy/chat-serve", "-n", NS)
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "ModelPool"
+    pods = {"matchLabels": {"modelfleet.io/workload": "chat-serve"}}
+    assert policy["spec"]["podSelector"] == pods
+    serve_ports = [rule.get("ports") for rule in policy["spec"]["ingress"]]
+    assert [{"port": 8000, "protocol": "TCP"}] in serve_ports
+
+    stale = ("modelfleet.io/spec-hash=stale", "team/reviewed=yes", "--overwrite")
+    kube("annotate", "networkpolicy/chat-serve", "-n", NS, *stale)
+
+    def restored() -> bool:
+        annotations = kube.get("networkpolicy/chat-serve", "-n", NS)["metadata"]["annotations"]
+        return annotations["modelfleet.io/spec-hash"] != "stale"
+
+    wait_for(restored, 30, "the NetworkPolicy to be replaced when its hash is stale")
+    annotations = kube.get("networkpolicy/chat-serve", "-n", NS)["metadata"]["annotations"]
+    assert annotations["team/reviewed"] == "yes", "annotations of others are kept"
+    kube("delete", "networkpolicy/chat-serve", "-n", NS)
+    wait_for(
+        lambda: "chat-serve" in kube("get", "networkpolicies", "-n", NS, "-o", "name"),
+        30,
+        "the NetworkPolicy to be created again",
+    )
+    policies = kube("get", "networkpolicies", "-n", NS, "-o", "name").split()
+    assert sorted(policies) == [
+        "networkpolicy.networking.k8s.io/chat-router-router",
+        "networkpolicy.networking.k8s.io/chat-serve",
+    ], "services get one each, jobs none"
+
+    cluster = kube.get("rayservice/chat-serve", "-n", NS)["spec"]["rayClusterConfig"]
+    pods_by_group = {g["groupName"]: g["template"]["spec"] for g in cluster["workerGroupSpecs"]}
+    for group, product in (("g1-l4", "NVIDIA-L4"), ("g2-a100-80gb", "NVIDIA-A100-SXM4-80GB")):
+        assert product in (gpu_products(pods_by_group[group]) or [])
+        assert pods_by_group[group]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert gpu_products(pods_by_group["g0-cpu"]) is None
 
 
 def test_unsatisfiable_pool_is_unschedulable(kube: Kube) -> None:

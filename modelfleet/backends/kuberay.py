@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from enum import StrEnum
 from typing import Any, cast
@@ -24,6 +24,7 @@ from modelfleet.core.ttl import Ttl
 from modelfleet.core.workload import (
     API_KEYS_ARG,
     API_KEYS_MOUNT,
+    GPU_PRODUCT_LABEL,
     ApplyResult,
     Observation,
     WorkerGroup,
@@ -32,7 +33,7 @@ from modelfleet.core.workload import (
     WorkloadState,
     distribute_ready,
 )
-from modelfleet.scheduling.inventory import Inventory, read_inventory
+from modelfleet.scheduling.inventory import Inventory, canonical_product, read_inventory
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "ray.io", "v1"
@@ -139,11 +140,40 @@ def _template(pod: dict[str, Any], workload: Workload) -> dict[str, Any]:
     return {"metadata": {"labels": {WORKLOAD_LABEL: workload.name}}, "spec": pod}
 
 
-def _worker_group(group: WorkerGroup, image: str, workload: Workload) -> dict[str, Any]:
+GpuProducts = Mapping[str, tuple[str, ...]]
+"""The ``nvidia.com/gpu.product`` values seen on the cluster's nodes, by GPU type."""
+GPU_TAINT = "nvidia.com/gpu"
+"""The taint GPU node pools commonly carry (GKE, EKS and AKS GPU pools, NVIDIA's docs)."""
+
+
+def gpu_affinity(gpu_type: str, products: GpuProducts) -> dict[str, Any]:
+    """A node affinity landing on ``gpu_type`` (a short name such as ``A100-80GB``): any node
+    whose GPU feature discovery product string is that type, plus the name as written, for
+    clusters that label nodes with short names."""
+    values = sorted({gpu_type, *products.get(canonical_product(gpu_type), ())})
+    term = {"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": values}]}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+        }
+    }
+
+
+def _worker_group(
+    group: WorkerGroup, image: str, workload: Workload, products: GpuProducts
+) -> dict[str, Any]:
+    """A worker group: the GPU type through a node affinity on the real product strings
+    (a node selector would need the exact string), the other labels as a node selector,
+    and a toleration of the GPU taint where the group uses GPUs."""
     selector = dict(group.node_selector)
+    gpu_type = selector.pop(GPU_PRODUCT_LABEL, None)
     pod = _pod(_container("ray-worker", image, group.gpus_per_worker, workload), workload)
     if selector:
         pod["nodeSelector"] = selector
+    if gpu_type is not None:
+        pod["affinity"] = gpu_affinity(gpu_type, products)
+    if group.gpus_per_worker:
+        pod["tolerations"] = [{"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"}]
     return {
         "groupName": group.name,
         "replicas": group.replicas,
@@ -154,7 +184,9 @@ def _worker_group(group: WorkerGroup, image: str, workload: Workload) -> dict[st
     }
 
 
-def render_cluster_spec(workload: Workload, image: str, token_auth: bool) -> dict[str, Any]:
+def render_cluster_spec(
+    workload: Workload, image: str, token_auth: bool, products: GpuProducts
+) -> dict[str, Any]:
     """The RayCluster spec both RayJob and RayService embed. With ``token_auth`` KubeRay
     (1.5 or newer) generates a token Secret and Ray requires the token on its dashboard and
     GCS. The dashboard listens on the pod network for KubeRay and is reached only through
@@ -166,7 +198,9 @@ def render_cluster_spec(workload: Workload, image: str, token_auth: bool) -> dic
             "serviceType": "ClusterIP",
             "template": _template(head, workload),
         },
-        "workerGroupSpecs": [_worker_group(g, image, workload) for g in workload.worker_groups],
+        "workerGroupSpecs": [
+            _worker_group(g, image, workload, products) for g in workload.worker_groups
+        ],
     }
     if token_auth:
         cluster["authOptions"] = {"mode": "token"}
@@ -186,9 +220,11 @@ def _submitter(image: str, workload: Workload) -> dict[str, Any]:
     return _template(pod, workload)
 
 
-def render_spec(workload: Workload, image: str, token_auth: bool = True) -> dict[str, Any]:
+def render_spec(
+    workload: Workload, image: str, token_auth: bool = True, products: GpuProducts | None = None
+) -> dict[str, Any]:
     """The child's spec: what the spec hash covers."""
-    cluster = render_cluster_spec(workload, image, token_auth)
+    cluster = render_cluster_spec(workload, image, token_auth, products or {})
     if workload.kind is WorkloadKind.JOB:
         return {
             "entrypoint": f"python -m {workload.entrypoint}",
@@ -228,11 +264,17 @@ def _metadata(owner: Owner, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render(owner: Owner, workload: Workload, image: str, token_auth: bool = True) -> dict[str, Any]:
+def render(
+    owner: Owner,
+    workload: Workload,
+    image: str,
+    token_auth: bool = True,
+    products: GpuProducts | None = None,
+) -> dict[str, Any]:
     """The whole child object, labelled and owned by the custom resource. The spec hash
     leaves out the workload's ``restore`` state, so state changes alone update nothing."""
-    spec = render_spec(workload, image, token_auth)
-    unrestored = render_spec(replace(workload, restore={}), image, token_auth)
+    spec = render_spec(workload, image, token_auth, products)
+    unrestored = render_spec(replace(workload, restore={}), image, token_auth, products)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KINDS[workload.kind],
@@ -443,7 +485,8 @@ class KubeRayBackend:
             self._apply_network_policy(
                 render_network_policy(owner, workload, self._serve_from, self._kuberay_namespace)
             )
-        desired = render(owner, workload, self._image, self._token_auth)
+        products = self.inventory().product_labels()
+        desired = render(owner, workload, self._image, self._token_auth, products)
         plural = PLURALS[workload.kind]
         current = self._get(owner, workload)
         if current is None:

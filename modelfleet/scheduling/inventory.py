@@ -118,6 +118,8 @@ class Node:
     island: str | None
     zone: str = ""
     rack: str = ""
+    product_label: str = ""
+    """The node's ``nvidia.com/gpu.product`` as GPU feature discovery wrote it."""
 
     @property
     def domain(self) -> str:
@@ -152,6 +154,16 @@ class Inventory:
         slots = [(node, rank) for node in self.nodes for rank in range(node.gpu_count)]
         return tuple(Device(i, rank, node) for i, (node, rank) in enumerate(slots))
 
+    def product_labels(self) -> dict[str, tuple[str, ...]]:
+        """The ``nvidia.com/gpu.product`` values on the nodes, by GPU type (``H100``): the
+        strings a pod must select to land on that type, whatever the short name it was
+        asked for."""
+        labels: dict[str, set[str]] = {}
+        for node in self.nodes:
+            if node.product_label:
+                labels.setdefault(node.gpu.product, set()).add(node.product_label)
+        return {product: tuple(sorted(values)) for product, values in labels.items()}
+
 
 def read_inventory(node_objects: Iterable[Mapping[str, Any]]) -> Inventory:
     """Parse Node objects; nodes without GPUs are left out."""
@@ -179,6 +191,7 @@ def read_node(obj: Mapping[str, Any]) -> Node | None:
         island=island,
         zone=labels.get(ZONE_LABEL, ""),
         rack=labels.get(RACK_LABEL, ""),
+        product_label=labels.get(GPU_PRODUCT_LABEL, ""),
     )
 
 

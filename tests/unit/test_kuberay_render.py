@@ -3,26 +3,22 @@ apply runs against fakes of the Kubernetes API classes)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from modelfleet.backends.base import Owner
 from modelfleet.backends.kuberay import (
     HASH_ANNOTATION,
     WORKLOAD_LABEL,
     ClusterChange,
-    KubeRayBackend,
     cluster_change,
+    gpu_affinity,
     observe_rayjob,
     observe_rayservice,
     render,
@@ -30,17 +26,16 @@ from modelfleet.backends.kuberay import (
 )
 from modelfleet.backends.local import RUNTIME_NOT_AVAILABLE, LocalBackend, runtime_available
 from modelfleet.core.pod_security import restricted_violations
-from modelfleet.core.ttl import Ttl
 from modelfleet.core.workload import (
     API_KEYS_ARG,
     API_KEYS_MOUNT,
     GPU_PRODUCT_LABEL,
-    ApplyResult,
     WorkerGroup,
     Workload,
     WorkloadKind,
     WorkloadState,
 )
+from modelfleet.scheduling.inventory import describe_node, read_inventory
 
 OWNER = Owner("modelfleet.io/v1alpha1", "FedJob", "job", "team-a", "uid-1")
 JOB = Workload(
@@ -85,15 +80,49 @@ def test_rayjob_is_owned_labelled_and_placed() -> None:
     assert obj["metadata"]["ownerReferences"][0]["controller"] is True
     assert obj["spec"]["entrypoint"] == "python -m modelfleet.federated.runtime"
     workers = obj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert workers[0]["template"]["spec"]["nodeSelector"] == {
-        "modelfleet.io/site": "eu",
-        GPU_PRODUCT_LABEL: "L4",
-    }
-    assert workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
-        "nvidia.com/gpu": 1
-    }
-    assert "nodeSelector" not in workers[1]["template"]["spec"]
+    gpu_pod = workers[0]["template"]["spec"]
+    assert gpu_pod["nodeSelector"] == {"modelfleet.io/site": "eu"}
+    assert gpu_pod["affinity"] == gpu_affinity("L4", {})
+    assert gpu_pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert gpu_pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    cpu_pod = workers[1]["template"]["spec"]
+    assert not {"nodeSelector", "affinity", "tolerations"} & set(cpu_pod)
     assert workers[1]["replicas"] == 1
+
+
+def test_gpu_pods_select_the_product_strings_the_nodes_carry() -> None:
+    """GPU feature discovery labels nodes NVIDIA-A100-SXM4-80GB, not A100-80GB: a pool
+    asking for the short name must land on every node of that type the cluster has."""
+    nodes = [
+        describe_node("a", "NVIDIA-A100-SXM4-80GB", 8),
+        describe_node("b", "NVIDIA-A100-80GB-PCIe", 4),
+        describe_node("c", "NVIDIA-H100-80GB-HBM3", 8),
+    ]
+    products = read_inventory(nodes).product_labels()
+    assert products == {
+        "A100-80GB": ("NVIDIA-A100-80GB-PCIe", "NVIDIA-A100-SXM4-80GB"),
+        "H100": ("NVIDIA-H100-80GB-HBM3",),
+    }
+    terms = gpu_affinity("A100-80GB", products)["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert terms == [
+        {
+            "matchExpressions": [
+                {
+                    "key": GPU_PRODUCT_LABEL,
+                    "operator": "In",
+                    "values": ["A100-80GB", "NVIDIA-A100-80GB-PCIe", "NVIDIA-A100-SXM4-80GB"],
+                }
+            ]
+        }
+    ]
+    l4_job = replace(JOB, worker_groups=JOB.worker_groups[:1])
+    rendered = render(OWNER, l4_job, "img:1", products=products)
+    pod = rendered["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert pod["affinity"] == gpu_affinity("L4", {}), "a type no node has keeps its name"
 
 
 def test_spec_hash_is_stable_and_tracks_the_spec() -> None:
@@ -258,101 +287,6 @@ def test_network_policy_guards_the_serve_and_dashboard_ports() -> None:
     assert _namespaces(kuberay) == ["ray-operators"]
     alone = render_network_policy(OWNER, KEYED, [], "kuberay-system")["spec"]["ingress"][1]
     assert _namespaces(alone["from"][0]) == [OWNER.namespace]
-
-
-class FakeNetworking:
-    """NetworkingV1Api's NetworkPolicy calls over a dict of stored objects (as JSON)."""
-
-    def __init__(self) -> None:
-        self.stored: dict[str, dict[str, Any]] = {}
-        self.writes: list[str] = []
-
-    def read_namespaced_network_policy(self, name: str, namespace: str, **_: Any) -> Any:
-        if name not in self.stored:
-            raise ApiException(status=404)
-        return SimpleNamespace(data=json.dumps(self.stored[name]))
-
-    def _store(self, body: client.V1NetworkPolicy, version: str) -> None:
-        # What the real client sends.
-        stored: dict[str, Any] = client.ApiClient().sanitize_for_serialization(body)  # type: ignore[no-untyped-call]
-        stored["metadata"]["resourceVersion"] = version
-        self.stored[stored["metadata"]["name"]] = stored
-
-    def create_namespaced_network_policy(
-        self, namespace: str, body: client.V1NetworkPolicy
-    ) -> None:
-        self.writes.append("create")
-        self._store(body, "1")
-
-    def replace_namespaced_network_policy(
-        self, name: str, namespace: str, body: client.V1NetworkPolicy
-    ) -> None:
-        assert body.metadata and body.metadata.resource_version == "1"  # the version read
-        self.writes.append("replace")
-        self._store(body, "2")
-
-
-class FakeObjects:
-    """CustomObjectsApi's calls for one kind, over a dict of stored objects."""
-
-    def __init__(self) -> None:
-        self.stored: dict[str, dict[str, Any]] = {}
-
-    def get_namespaced_custom_object(self, *args: str) -> dict[str, Any]:
-        if args[-1] not in self.stored:
-            raise ApiException(status=404)
-        return copy.deepcopy(self.stored[args[-1]])
-
-    def create_namespaced_custom_object(self, *args: Any) -> None:
-        self.stored[args[-1]["metadata"]["name"]] = args[-1]
-
-    def replace_namespaced_custom_object(self, *args: Any) -> None:
-        self.stored[args[-2]] = args[-1]
-
-
-def backend_with_fakes(
-    networking: FakeNetworking, objects: FakeObjects, **settings: Any
-) -> KubeRayBackend:
-    """A KubeRayBackend on the fakes, with KubeRay installed."""
-    backend = KubeRayBackend(client.ApiClient(), "img:1", **settings)
-    backend._networking = networking  # type: ignore[assignment]
-    backend._custom = objects  # type: ignore[assignment]
-    backend._installed = Ttl(lambda: True, 60)
-    return backend
-
-
-def test_apply_keeps_one_current_network_policy_next_to_the_rayservice() -> None:
-    networking, objects = FakeNetworking(), FakeObjects()
-    backend = backend_with_fakes(networking, objects, serve_from=["gateway"])
-    assert backend.apply(OWNER, KEYED) is ApplyResult.CREATED
-    assert backend.apply(OWNER, KEYED) is ApplyResult.UNCHANGED
-    assert networking.writes == ["create"]
-    owners = objects.stored[KEYED.name]["metadata"]["ownerReferences"]
-    assert networking.stored[KEYED.name]["metadata"]["ownerReferences"] == owners
-
-    networking.stored[KEYED.name]["metadata"]["annotations"]["team-a/reviewed"] = "yes"
-    moved = backend_with_fakes(
-        networking, objects, serve_from=["gateway"], kuberay_namespace="ray-ops"
-    )
-    assert moved.apply(OWNER, KEYED) is ApplyResult.UNCHANGED  # the RayService is as it was
-    assert networking.writes == ["create", "replace"]
-    replaced = networking.stored[KEYED.name]
-    assert "ray-ops" in json.dumps(replaced["spec"])
-    assert replaced["metadata"]["annotations"]["team-a/reviewed"] == "yes"
-
-    assert backend.apply(OWNER, JOB) is ApplyResult.CREATED
-    assert set(networking.stored) == {KEYED.name}  # jobs get none
-
-
-def test_a_network_policy_created_meanwhile_is_fine() -> None:
-    networking = FakeNetworking()
-    backend = backend_with_fakes(networking, FakeObjects())
-
-    def conflict(namespace: str, body: client.V1NetworkPolicy) -> None:
-        raise ApiException(status=409)
-
-    networking.create_namespaced_network_policy = conflict  # type: ignore[method-assign]
-    assert backend.apply(OWNER, SERVICE) is ApplyResult.CREATED
 
 
 def _pool(replicas: int, gpu_types: list[dict[str, Any]]) -> Workload:
