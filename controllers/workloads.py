@@ -11,7 +11,12 @@ from controllers.reconcile import Decide, Decision, Event, EventReason
 from controllers.secrets import auth_secret_blocked
 from modelfleet.api.common import BaseStatus
 from modelfleet.backends.base import Owner
-from modelfleet.core.status import blocked_verdicts, compute_workload_status, settle_status
+from modelfleet.core.status import (
+    blocked_verdicts,
+    compute_workload_status,
+    job_finished,
+    settle_status,
+)
 from modelfleet.core.workload import ApplyResult, Blocked, Observation, Workload, WorkloadKind
 from modelfleet.scheduling.inventory import Inventory, InventoryError
 
@@ -41,6 +46,8 @@ def decide_workload(plan: Planner, compute_status: StatusFn) -> Decide:
             planned = auth_secret_blocked(owner.namespace, planned.api_keys_secret) or planned
         if isinstance(planned, Blocked):
             return Decision(settle_status(previous, blocked_verdicts(planned), generation, now))
+        if planned.kind is WorkloadKind.JOB and job_finished(previous, generation):
+            return Decision(previous)
         applied = backend.apply(owner, planned)
         observation = backend.observe(owner, planned)
         status = compute_status(spec, planned, observation, previous, generation, now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -204,6 +205,43 @@ def test_a_service_keeps_its_network_policy_and_lands_on_real_gpu_products(kube:
         assert product in (gpu_products(pods_by_group[group]) or [])
         assert pods_by_group[group]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert gpu_products(pods_by_group["g0-cpu"]) is None
+
+
+def test_jobs_keep_their_spec_stay_finished_and_leave_strangers_alone(kube: Kube) -> None:
+    """Runs with the restarted operator of the test above, the FedJob's RayJob running."""
+    started = kube.get("rayjob/clinical-notes-fed", "-n", NS)["spec"]
+    kube("patch", "fedjob/clinical-notes", "-n", NS, "--type=merge", "-p", '{"spec":{"rounds":7}}')
+    wait_for(
+        lambda: (
+            "keeps the spec it started with"
+            in kube.condition("fedjob/clinical-notes", NS)["message"]
+        ),
+        30,
+        "the FedJob to say its running job keeps its spec",
+    )
+    assert kube.get("rayjob/clinical-notes-fed", "-n", NS)["spec"] == started
+
+    done = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
+    _set_status(kube, "rayjob/clinical-notes-fed", done)
+    assert kube.wait_reason("fedjob/clinical-notes", NS, "Succeeded")["status"] == "True"
+    kube("delete", "rayjob/clinical-notes-fed", "-n", NS)
+    time.sleep(6)  # three resyncs
+    assert "clinical-notes-fed" not in kube("get", "rayjobs", "-n", NS, "-o", "name")
+    assert kube.condition("fedjob/clinical-notes", NS)["reason"] == "Succeeded"
+
+    stranger = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": "stranger-fed"},
+        "spec": {"entrypoint": "echo someone else's job"},
+    }
+    kube("apply", "-n", NS, "-f", "-", stdin=json.dumps(stranger))
+    job = (ROOT / "examples" / "fedjob.yaml").read_text()
+    kube("apply", "-n", NS, "-f", "-", stdin=job.replace("name: clinical-notes", "name: stranger"))
+    conflict = kube.wait_reason("fedjob/stranger", NS, "NameConflict")
+    assert "a RayJob named stranger-fed exists" in conflict["message"]
+    kept = kube.get("rayjob/stranger-fed", "-n", NS)
+    assert kept["spec"] == stranger["spec"] and not kept["metadata"].get("ownerReferences")
 
 
 def test_unsatisfiable_pool_is_unschedulable(kube: Kube) -> None:

@@ -46,6 +46,7 @@ DASHBOARD_PORTS = (8265, 52365)
 KUBERAY_NAMESPACE = "kuberay-system"
 """Where the KubeRay operator runs unless told otherwise (its Helm chart's usual namespace)."""
 KUBERAY_NOT_INSTALLED = "KubeRayNotInstalled"
+NAME_CONFLICT = "NameConflict"
 WORKLOAD_LABEL = "modelfleet.io/workload"
 """On every Ray pod template: the workload's name, which its NetworkPolicy selects."""
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -400,6 +401,13 @@ def cluster_change(old: dict[str, Any], new: dict[str, Any]) -> ClusterChange:
     return ClusterChange.NEW_CLUSTER
 
 
+def _owned(current: dict[str, Any], owner_uid: str) -> bool:
+    """Whether an object read by its deterministic name is the resource's own child, not
+    someone else's object that happens to share the name."""
+    references = current["metadata"].get("ownerReferences") or []
+    return any(reference.get("uid") == owner_uid for reference in references)
+
+
 def _outdated(current: dict[str, Any], desired: dict[str, Any]) -> bool:
     """Whether the object as read was rendered from another spec than ``desired``."""
     annotations = current["metadata"].get("annotations") or {}
@@ -485,8 +493,7 @@ class KubeRayBackend:
             self._apply_network_policy(
                 render_network_policy(owner, workload, self._serve_from, self._kuberay_namespace)
             )
-        products = self.inventory().product_labels()
-        desired = render(owner, workload, self._image, self._token_auth, products)
+        desired = self._render(owner, workload)
         plural = PLURALS[workload.kind]
         current = self._get(owner, workload)
         if current is None:
@@ -499,7 +506,9 @@ class KubeRayBackend:
                     raise
                 return ApplyResult.UNCHANGED
             return ApplyResult.CREATED
-        if not _outdated(current, desired):
+        if not _owned(current, owner.uid):
+            return ApplyResult.SKIPPED
+        if workload.kind is WorkloadKind.JOB or not _outdated(current, desired):
             return ApplyResult.UNCHANGED
         if workload.kind is WorkloadKind.SERVICE:
             change = cluster_change(
@@ -517,6 +526,11 @@ class KubeRayBackend:
             GROUP, VERSION, owner.namespace, plural, workload.name, current
         )
         return ApplyResult.UPDATED
+
+    def _render(self, owner: Owner, workload: Workload) -> dict[str, Any]:
+        """The child as this backend renders it now, for the GPU products the cluster has."""
+        products = self.inventory().product_labels()
+        return render(owner, workload, self._image, self._token_auth, products)
 
     def _apply_network_policy(self, desired: dict[str, Any]) -> None:
         """Create the NetworkPolicy, or replace it when its spec hash differs."""
@@ -537,7 +551,9 @@ class KubeRayBackend:
                     raise
             return
         current = json.loads(response.data)
-        if not _outdated(current, desired):
+        if not _owned(current, desired["metadata"]["ownerReferences"][0]["uid"]) or not _outdated(
+            current, desired
+        ):
             return
         # The rendered object at the version read, keeping annotations others added.
         metadata = current["metadata"]
@@ -566,10 +582,26 @@ class KubeRayBackend:
                 f"with --backend=local",
             )
         current = self._get(owner, workload)
+        kind = KINDS[workload.kind]
         if current is None:
+            return Observation(WorkloadState.MISSING, "Creating", f"{kind} not created yet")
+        if not _owned(current, owner.uid):
             return Observation(
-                WorkloadState.MISSING, "Creating", f"{KINDS[workload.kind]} not created yet"
+                WorkloadState.UNAVAILABLE,
+                NAME_CONFLICT,
+                f"a {kind} named {workload.name} exists in namespace {owner.namespace} that this "
+                f"{owner.kind} does not own; delete or rename it, and the operator creates its own",
             )
-        if workload.kind is WorkloadKind.JOB:
-            return observe_rayjob(current)
-        return observe_rayservice(current, workload)
+        if workload.kind is WorkloadKind.SERVICE:
+            return observe_rayservice(current, workload)
+        observed = observe_rayjob(current)
+        if (
+            _outdated(current, self._render(owner, workload))
+            and observed.state is not WorkloadState.SUCCEEDED
+        ):
+            note = (
+                "; the spec changed after the RayJob was created: a running job keeps the "
+                "spec it started with (delete the RayJob to start over with the new one)"
+            )
+            observed = replace(observed, message=observed.message + note)
+        return observed

@@ -172,9 +172,7 @@ class LocalServe:
             self._rollouts[name] = _Rollout(digest, future)
         return ApplyResult.CREATED if current is None else ApplyResult.UPDATED
 
-    def sync_keys(
-        self, namespace: str, secret: str, data: Mapping[str, str] | None = None
-    ) -> Path:
+    def sync_keys(self, namespace: str, secret: str, data: Mapping[str, str] | None = None) -> Path:
         """Write a Secret's keys where the services that check them read them: ``data``
         when the caller has it (a watch event), else the Secret as read now (a missing
         Secret holds no key, so every key is refused)."""

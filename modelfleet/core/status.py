@@ -9,8 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypeVar
 
-from modelfleet.api.common import BaseStatus
-from modelfleet.core.conditions import Verdict, readiness_verdicts, settle_conditions
+from modelfleet.api.common import BaseStatus, ConditionStatus, ConditionType
+from modelfleet.core.conditions import (
+    Verdict,
+    find_condition,
+    readiness_verdicts,
+    settle_conditions,
+)
 from modelfleet.core.workload import Blocked, Observation, Workload, WorkloadState
 
 INVALID_SPEC = "InvalidSpec"
@@ -65,3 +70,21 @@ def compute_workload_status(
     """Status of a kind that runs one workload: conditions from what the backend saw."""
     verdicts = observation_verdicts(observation)
     return settle_status(previous, verdicts, generation, now, workload=workload.name, **fields)
+
+
+def job_finished(status: BaseStatus, generation: int) -> bool:
+    """Whether a job's status says it ended, succeeded (Ready) or failed (Degraded), with
+    nothing in progress, for this generation of its spec: such a job stays ended, so a
+    child deleted afterwards (KubeRay's TTL, a person) is not started again."""
+
+    def holds(kind: ConditionType) -> bool:
+        condition = find_condition(status.conditions, kind)
+        return (
+            condition is not None
+            and condition.status is ConditionStatus.TRUE
+            and condition.observed_generation == generation
+        )
+
+    progressing = find_condition(status.conditions, ConditionType.PROGRESSING)
+    idle = progressing is not None and progressing.status is ConditionStatus.FALSE
+    return idle and (holds(ConditionType.READY) or holds(ConditionType.DEGRADED))

@@ -18,6 +18,7 @@ from modelfleet.core.conditions import (
 from modelfleet.core.status import (
     blocked_verdicts,
     invalid_spec_verdicts,
+    job_finished,
     observation_verdicts,
     settle_status,
 )
@@ -84,3 +85,19 @@ def test_settle_status_keeps_runtime_fields() -> None:
     previous = FedJobStatus(round=7, metrics={"evalLoss": 1.5})
     status = settle_status(previous, invalid_spec_verdicts("bad"), 3, T0)
     assert (status.round, status.metrics, status.observed_generation) == (7, {"evalLoss": 1.5}, 3)
+
+
+def test_only_a_succeeded_or_failed_job_of_this_generation_is_finished() -> None:
+    def status(state: WorkloadState, generation: int = 2) -> FedJobStatus:
+        verdicts = observation_verdicts(Observation(state, "R"))
+        return settle_status(FedJobStatus(), verdicts, generation, T0)
+
+    finished = {state: job_finished(status(state), 2) for state in WorkloadState}
+    assert {state for state, done in finished.items() if done} == {
+        WorkloadState.SUCCEEDED,
+        WorkloadState.FAILED,
+    }
+    assert not job_finished(status(WorkloadState.SUCCEEDED, generation=1), 2), "spec changed"
+    assert not job_finished(FedJobStatus(), 2)
+    blocked = settle_status(FedJobStatus(), blocked_verdicts(Blocked("Unschedulable", "m")), 2, T0)
+    assert not job_finished(blocked, 2)
