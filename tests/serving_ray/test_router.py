@@ -226,7 +226,7 @@ def test_a_pool_and_its_router_deploy_together(serve_url: str) -> None:
     """Ray toggles pickling by value process-wide while it builds an application; both
     rollouts, started at once on two threads, must still succeed."""
     spec = {**SPEC, "models": SPEC["models"][1:]}  # type: ignore[index]
-    policy = {"targets": [TINY]}
+    policy = {"targets": [TINY], "auth": {"mode": "None"}}
     config = {"policyName": "together", "policy": policy, "endpoints": {}}
     with ThreadPoolExecutor(max_workers=2) as pool:
         rollouts = [
