@@ -7,7 +7,9 @@ private Ray the operator starts, and answered through the official openai client
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -493,3 +495,44 @@ def test_a_pool_waits_for_its_keys_secret_and_follows_its_rotation(
     logs = operator.logs()
     assert all(key not in status and key not in logs for key in (first, second))
     kube("delete", "modelpool/guarded", "secret/guarded-keys", "-n", NS, "--timeout=60s")
+
+
+BURST = 8
+BURST_REPLICAS = 2 * (os.cpu_count() or 1) + 2
+"""Replicas at 0.5 Ray CPU each: one CPU more than the operator's Ray (a CPU per core) has."""
+
+
+@pytest.mark.slow
+def test_a_burst_of_pools_too_big_for_the_local_ray_says_so_and_deletes_promptly(
+    kube: Kube, operator: Operator
+) -> None:
+    """Rollouts that wait for replicas Ray cannot place say what they lack; deleting the
+    pools calls the rollouts off instead of waiting on them, and the operator goes on
+    reconciling other resources."""
+    names = [f"burst-{index}" for index in range(BURST)]
+    for name in names:
+        pool = GUARDED_POOL.replace("name: guarded", f"name: {name}").replace(
+            "auth: {mode: ApiKey, secretName: guarded-keys}", "auth: {mode: None}"
+        )
+        sized = pool.replace("replicas: 1", f"replicas: {BURST_REPLICAS}")
+        kube("apply", "-n", NS, "-f", "-", stdin=sized)
+
+    def unschedulable() -> dict[str, Any] | None:
+        for name in names:
+            ready = kube.condition(f"modelpool/{name}", NS)
+            if ready.get("reason") == "Unschedulable":
+                return ready
+        return None
+
+    waiting = wait_for(unschedulable, 120, "a burst pool to say Ray lacks CPUs")
+    cpus = os.cpu_count() or 1
+    lacks = f"need 0.5 CPU each ({cpus + 1} in all), and the local Ray has {cpus} CPU(s)"
+    assert lacks in waiting["message"], waiting["message"]
+
+    started = time.monotonic()
+    kube("delete", *(f"modelpool/{name}" for name in names), "-n", NS, "--timeout=90s")
+    assert time.monotonic() - started < 90
+    job = (ROOT / "examples" / "fedjob.yaml").read_text().replace("clinical-notes", "after-burst")
+    kube("apply", "-n", NS, "-f", "-", stdin=job)
+    assert kube.wait_reason("fedjob/after-burst", NS, "RuntimeNotAvailable", timeout=30)
+    assert operator.process.poll() is None

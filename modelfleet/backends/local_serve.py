@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from modelfleet.artifacts.errors import ArtifactError
 from modelfleet.backends.base import Owner, spec_hash
 from modelfleet.backends.key_files import default_keys_root, keys_dir, write_key_files
 from modelfleet.backends.model_fetch import SecretReader, localize_models
+from modelfleet.core.serve_deploy import RolloutCancelledError
 from modelfleet.core.workload import (
     API_KEYS_ARG,
     ApplyResult,
@@ -41,6 +43,9 @@ RAY_NAMESPACE = "modelfleet"
 DEPLOYING = "Deploying"
 DEPLOY_FAILED = "DeployFailed"
 MODEL_UNAVAILABLE = "ModelUnavailable"
+UNSCHEDULABLE = "Unschedulable"
+UNSCHEDULABLE_AFTER_S = 10.0
+"""How long a rollout waits before a lack of free Ray CPUs is reported as the reason."""
 
 
 @dataclass(frozen=True)
@@ -97,10 +102,13 @@ def run_in_background(work: Callable[..., None], *args: Any) -> Future[None]:
 
 @dataclass
 class _Rollout:
-    """The latest deployment of one application and how it went."""
+    """The latest deployment of one application, how it went, and the switch that calls
+    it off (a deletion must never wait for replicas that cannot start)."""
 
     config_hash: str
     future: Future[None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
 
 
 class LocalServe:
@@ -145,14 +153,29 @@ class LocalServe:
         with self._lock:
             return self._app_locks.setdefault(name, threading.Lock())
 
-    def _deploy(self, name: str, workload: Workload, config: dict[str, Any], owner: Owner) -> None:
-        """Fetch a pool's models to this machine, then deploy it with their local copies."""
+    def _deploy(
+        self,
+        name: str,
+        workload: Workload,
+        config: dict[str, Any],
+        owner: Owner,
+        cancelled: threading.Event,
+    ) -> None:
+        """Fetch a pool's models to this machine, then deploy it with their local copies;
+        the wait for its replicas ends as soon as ``cancelled`` is set."""
         if workload.entrypoint == POOL_ENTRYPOINT:
             config = localize_models(config, owner.namespace, self._read_secret)
         with self._app_lock(name):
+            if cancelled.is_set():
+                raise RolloutCancelledError(f"the rollout of {name} was called off")
             self._connect()
             deploy = serve_app(workload.entrypoint).deploy
-            deploy({**config, **workload.restore}, name=name, route_prefix=route_prefix(owner))
+            deploy(
+                {**config, **workload.restore},
+                name=name,
+                route_prefix=route_prefix(owner),
+                cancelled=cancelled,
+            )
 
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
         """Start a rollout when the pool is new or its spec changed; otherwise nothing."""
@@ -168,8 +191,11 @@ class LocalServe:
             current = self._rollouts.get(name)
             if current is not None and current.config_hash == digest:
                 return ApplyResult.UNCHANGED
-            future = run_in_background(self._deploy, name, workload, config, owner)
-            self._rollouts[name] = _Rollout(digest, future)
+            if current is not None:
+                current.cancelled.set()
+            cancelled = threading.Event()
+            future = run_in_background(self._deploy, name, workload, config, owner, cancelled)
+            self._rollouts[name] = _Rollout(digest, future, cancelled)
         return ApplyResult.CREATED if current is None else ApplyResult.UPDATED
 
     def sync_keys(self, namespace: str, secret: str, data: Mapping[str, str] | None = None) -> Path:
@@ -194,13 +220,7 @@ class LocalServe:
         if rollout is None:
             return Observation(WorkloadState.MISSING, "NotDeployed", f"{name} is not deployed")
         if not rollout.future.done():
-            replicas = workload.config.get("replicas")
-            sized = "" if replicas is None else f" with {replicas} replica(s)"
-            return Observation(
-                WorkloadState.PENDING,
-                DEPLOYING,
-                f"deploying Serve application {name}{sized} on the local Ray",
-            )
+            return self._observe_rollout(name, workload, rollout)
         error = rollout.future.exception()
         if isinstance(error, ArtifactError):
             message = f"{error}; the pool is deployed again when its spec changes"
@@ -219,6 +239,35 @@ class LocalServe:
                 f"{name} does not answer ({type(error).__name__}: {error}); redeploying it",
             )
         return self._observe_running(workload, status)
+
+    def _observe_rollout(self, name: str, workload: Workload, rollout: _Rollout) -> Observation:
+        """A rollout under way; ``Unschedulable``, with what it needs and what Ray has, when
+        its replicas need more CPUs than the local Ray has at all, or when it has waited a
+        while with no room left for one more replica."""
+        replicas = int(workload.config.get("replicas", 0))
+        sized = f" with {replicas} replica(s)" if "replicas" in workload.config else ""
+        deploying = Observation(
+            WorkloadState.PENDING,
+            DEPLOYING,
+            f"deploying Serve application {name}{sized} on the local Ray",
+        )
+        if not self._serving:
+            return deploying
+        each = self._settings.replica_cpus
+        engines = replicas * len(workload.config.get("models", []))
+        total = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        waited = time.monotonic() - rollout.started
+        if engines * each <= total and (waited < UNSCHEDULABLE_AFTER_S or free >= each):
+            return deploying
+        return Observation(
+            WorkloadState.PENDING,
+            UNSCHEDULABLE,
+            f"{name} waits for Ray CPUs: its {engines} engine replica(s) need {each:g} CPU each "
+            f"({engines * each:g} in all), and the local Ray has {total:g} CPU(s), {free:g} "
+            f"free; lower spec.replicas, delete other pools, or give the operator a larger Ray "
+            f"(--ray-address) or smaller replicas (--replica-cpus)",
+        )
 
     def _observe_running(self, workload: Workload, status: dict[str, Any]) -> Observation:
         desired = int(workload.config.get("replicas", 0))
@@ -252,6 +301,7 @@ class LocalServe:
         with self._lock:
             rollout = self._rollouts.pop(name, None)
         if rollout is not None:
+            rollout.cancelled.set()
             rollout.future.cancel()
         if not ray.is_initialized() and self._settings.ray_address is None:
             return  # a private Ray that never started holds nothing

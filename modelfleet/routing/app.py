@@ -7,6 +7,7 @@ feedback taught it live in one place; :func:`deploy` applies a changed policy or
 target endpoints to the running router in place, keeping what it learned.
 """
 
+import threading
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -16,7 +17,7 @@ from ray import serve
 from ray.serve import Application, Deployment
 
 from modelfleet.core.openai_api import ApiError
-from modelfleet.core.serve_deploy import run_application
+from modelfleet.core.serve_deploy import await_response, is_running, run_application
 from modelfleet.routing.embedding import QueryEncoder
 from modelfleet.routing.router import Router, RouterConfig
 
@@ -103,12 +104,18 @@ def build(args: dict[str, Any]) -> Application:
     return cast(Deployment, RouterIngress).options(user_config=args).bind()
 
 
-def deploy(config: dict[str, Any], name: str, route_prefix: str = "/") -> None:
-    """Deploy the router ``name`` on the connected Ray, or update the running one in place."""
-    if name in serve.status().applications:
-        serve.get_app_handle(name).reconfigure.remote(config).result()
+def deploy(
+    config: dict[str, Any],
+    name: str,
+    route_prefix: str = "/",
+    cancelled: threading.Event | None = None,
+) -> None:
+    """Deploy the router ``name`` on the connected Ray, or update the running one in place;
+    setting ``cancelled`` ends the wait for it to run."""
+    if is_running(name):
+        await_response(serve.get_app_handle(name).reconfigure.remote(config), cancelled)
         return
-    run_application(lambda: build(config), name, route_prefix)
+    run_application(lambda: build(config), name, route_prefix, cancelled)
 
 
 def app_status(name: str, route_prefix: str = "/") -> dict[str, Any]:

@@ -12,6 +12,7 @@ running ingress in place (``apply``) rather than redeploying, so streams survive
 scaling. Models and serving options are constructor arguments: changing them redeploys.
 """
 
+import threading
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -21,7 +22,7 @@ from ray import serve
 from ray.serve import Application, Deployment
 
 from modelfleet.core.openai_api import ApiError
-from modelfleet.core.serve_deploy import run_application
+from modelfleet.core.serve_deploy import await_response, is_running, run_application
 from modelfleet.serving.catalog import resolve_served_model
 from modelfleet.serving.frontend import PoolFrontend, split_args
 from modelfleet.serving.manager import MigrationReport
@@ -111,19 +112,27 @@ def build(args: dict[str, Any]) -> Application:
     )
 
 
-def deploy(spec_wire: dict[str, Any], name: str, route_prefix: str = "/") -> None:
+def deploy(
+    spec_wire: dict[str, Any],
+    name: str,
+    route_prefix: str = "/",
+    cancelled: threading.Event | None = None,
+) -> None:
     """Deploy or update the pool ``name`` on the connected Ray; idempotent.
 
     Returns once the application runs. When only the replica count or migration settings
     changed, the running ingress applies them in place (``apply``), so no stream drops;
-    otherwise (new pool, new models or options) the application is (re)deployed.
+    otherwise (new pool, new models or options, or one still deploying) the application is
+    (re)deployed. Setting ``cancelled`` ends the wait for its replicas.
     """
     spec, options, keys_dir = split_args(spec_wire)
-    if name in serve.status().applications:
-        handle = serve.get_app_handle(name)
-        if handle.apply.remote(spec.to_wire(), options.to_wire(), keys_dir).result():
+    if is_running(name):
+        response = serve.get_app_handle(name).apply.remote(
+            spec.to_wire(), options.to_wire(), keys_dir
+        )
+        if await_response(response, cancelled):
             return
-    run_application(lambda: build(spec_wire), name, route_prefix)
+    run_application(lambda: build(spec_wire), name, route_prefix, cancelled)
 
 
 def app_status(name: str, route_prefix: str = "/") -> dict[str, Any]:

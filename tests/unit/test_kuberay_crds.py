@@ -8,6 +8,8 @@ to turn pruning into a failure; the ``x-kubernetes-*`` extensions are left out.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -21,9 +23,30 @@ from modelfleet.backends.base import Owner
 from modelfleet.backends.kuberay import PLURALS, render
 from modelfleet.core.workload import WorkerGroup, Workload, WorkloadKind
 
-KUBERAY_CRDS = Path(__file__).resolve().parents[3] / "shared" / "kuberay"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def find_kuberay_crds() -> Path:
+    """``$KUBERAY_CRDS``, else ``shared/kuberay`` beside the checkout, else beside the
+    checkout it was cloned from (a fresh clone elsewhere still finds them)."""
+    if os.environ.get("KUBERAY_CRDS"):
+        return Path(os.environ["KUBERAY_CRDS"])
+    candidates = [ROOT.parent / "shared" / "kuberay"]
+    origin = subprocess.run(
+        ["git", "-C", str(ROOT), "remote", "get-url", "origin"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin and "://" not in origin and ":" not in origin.split("/")[0]:
+        candidates.append(Path(origin).resolve().parent / "shared" / "kuberay")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+KUBERAY_CRDS = find_kuberay_crds()
 pytestmark = pytest.mark.skipif(
-    not KUBERAY_CRDS.is_dir(), reason=f"the KubeRay CRDs are not at {KUBERAY_CRDS}"
+    not KUBERAY_CRDS.is_dir(),
+    reason=f"the KubeRay CRDs are not at {KUBERAY_CRDS}; set KUBERAY_CRDS to their folder",
 )
 OWNER = Owner("modelfleet.io/v1alpha1", "ModelPool", "pool", "team-a", "uid-1")
 GROUPS = (
