@@ -12,6 +12,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from controllers.stalls import health_report
+
 GROUP, VERSION = "kopf.dev", "v1"
 GLOB_CHARACTERS = frozenset("*?[!")
 
@@ -22,8 +24,10 @@ async def _metrics(_: web.Request) -> web.Response:
 
 
 async def _healthz(_: web.Request) -> web.Response:
-    """Answering at all proves the operator's event loop is alive."""
-    return web.Response(text="ok")
+    """Answering proves the event loop is alive; a 503 says a handler has stalled, so the
+    kubelet restarts an operator whose worker threads are stuck."""
+    healthy, text = health_report()
+    return web.Response(text=text, status=200 if healthy else 503)
 
 
 async def serve_probes(addr: str, port: int) -> web.AppRunner:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from controllers import metrics
 from controllers.context import RESYNC_SECONDS, current
+from controllers.stalls import HANDLERS
 from modelfleet.api.common import BaseStatus, ConditionStatus, ConditionType
 from modelfleet.api.errors import format_validation_error
 from modelfleet.api.registry import KindInfo
@@ -158,19 +159,26 @@ def reconcile(info: KindInfo, body: kopf.Body, patch: kopf.Patch, decide: Decide
         metrics.RECONCILE_SECONDS.labels(kind=info.kind).observe(time.perf_counter() - started)
 
 
+def _describe(info: KindInfo, body: kopf.Body) -> str:
+    owner = owner_of(info, body)
+    return f"{info.kind} {owner.namespace}/{owner.name}"
+
+
 def register(info: KindInfo, decide: Decide) -> None:
     """Wire create, update, resume, a resync timer and delete for one kind to ``decide``."""
     resource = (info.group, info.version, info.plural)
 
     def reconcile_handler(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        reconcile(info, body, patch, decide)
+        with HANDLERS.running(_describe(info, body)):
+            reconcile(info, body, patch, decide)
 
     def forget_handler(body: kopf.Body, **_: Any) -> None:
         """Release what lives outside Kubernetes, then drop the resource's metrics."""
         owner = owner_of(info, body)
         workload = (body.get("status") or {}).get("workload", "")
-        if workload:
-            current().backend.release(owner, workload)
+        with HANDLERS.running(f"deleting {_describe(info, body)}"):
+            if workload:
+                current().backend.release(owner, workload)
         metrics.READINESS.forget(info.kind, owner.namespace, owner.name)
 
     for on_change in (kopf.on.resume, kopf.on.create, kopf.on.update):
