@@ -54,9 +54,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import ray
-from bootstrap import interval, ratio_interval
+from common.bootstrap import interval, ratio_interval
+from common.result_lines import print_result
 from ray import serve
-from result_lines import print_result
 
 from modelfleet.access.keys import KeyRing, digest
 from modelfleet.backends.key_files import write_key_files

@@ -48,10 +48,10 @@ from typing import Any
 
 import numpy as np
 import yaml
-from bootstrap import ratio_interval
+from common.bootstrap import ratio_interval
+from common.result_lines import print_result
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
-from result_lines import print_result
 
 from modelfleet.devcluster import LocalCluster, find_binaries
 from modelfleet.devcluster.cluster import free_port

@@ -30,8 +30,8 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from bootstrap import interval
-from result_lines import print_result
+from common.bootstrap import interval
+from common.result_lines import print_result
 
 from modelfleet.scheduling.costmodel import CostCoefficients, ModelSpec
 from modelfleet.scheduling.inventory import Inventory, describe_node, read_inventory

@@ -60,8 +60,8 @@ from typing import Any, TypeVar
 
 import httpx
 import numpy as np
-from bootstrap import interval
-from result_lines import print_result
+from common.bootstrap import interval
+from common.result_lines import print_result
 
 from modelfleet.api.routingpolicy import Strategy
 from modelfleet.routing.clusters import learn_clusters, representatives

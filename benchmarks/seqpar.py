@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from bootstrap import ratio_interval
-from result_lines import print_result, slug
+from common.bootstrap import ratio_interval
+from common.result_lines import print_result, slug
 
 from modelfleet.scheduling.costmodel import ModelSpec
 from modelfleet.scheduling.inventory import describe_node, read_inventory

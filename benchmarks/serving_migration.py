@@ -29,8 +29,8 @@ from dataclasses import replace
 
 import numpy as np
 import ray
-from bootstrap import ratio_interval
-from result_lines import print_result
+from common.bootstrap import ratio_interval
+from common.result_lines import print_result
 
 from modelfleet.api.auth import Auth, AuthMode
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel

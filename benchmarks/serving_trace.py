@@ -37,9 +37,9 @@ from functools import partial
 
 import numpy as np
 import ray
-from bootstrap import ratio_interval
+from common.bootstrap import ratio_interval
+from common.result_lines import print_result, slug
 from ray import serve
-from result_lines import print_result, slug
 
 from modelfleet.api.auth import Auth, AuthMode
 from modelfleet.api.modelpool import ModelPoolSpec, ServedModel
