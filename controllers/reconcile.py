@@ -159,9 +159,8 @@ def reconcile(info: KindInfo, body: kopf.Body, patch: kopf.Patch, decide: Decide
         metrics.RECONCILE_SECONDS.labels(kind=info.kind).observe(time.perf_counter() - started)
 
 
-def _describe(info: KindInfo, body: kopf.Body) -> str:
-    owner = owner_of(info, body)
-    return f"{info.kind} {owner.namespace}/{owner.name}"
+def _describe(owner: Owner) -> str:
+    return f"{owner.kind} {owner.namespace}/{owner.name}"
 
 
 def register(info: KindInfo, decide: Decide) -> None:
@@ -169,14 +168,14 @@ def register(info: KindInfo, decide: Decide) -> None:
     resource = (info.group, info.version, info.plural)
 
     def reconcile_handler(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        with HANDLERS.running(_describe(info, body)):
+        with HANDLERS.running(_describe(owner_of(info, body))):
             reconcile(info, body, patch, decide)
 
     def forget_handler(body: kopf.Body, **_: Any) -> None:
         """Release what lives outside Kubernetes, then drop the resource's metrics."""
         owner = owner_of(info, body)
         workload = (body.get("status") or {}).get("workload", "")
-        with HANDLERS.running(f"deleting {_describe(info, body)}"):
+        with HANDLERS.running(f"deleting {_describe(owner)}"):
             if workload:
                 current().backend.release(owner, workload)
         metrics.READINESS.forget(info.kind, owner.namespace, owner.name)

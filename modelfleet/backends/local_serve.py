@@ -184,7 +184,7 @@ class LocalServe:
         if workload.entrypoint == POOL_ENTRYPOINT:
             config = {**config, OPTIONS_KEY: {"replicaNumCpus": self._settings.replica_cpus}}
         if workload.api_keys_secret:
-            directory = self.sync_keys(owner.namespace, workload.api_keys_secret)
+            directory = self._keys_of(owner.namespace, workload.api_keys_secret)
             config = {**config, API_KEYS_ARG: str(directory)}
         digest = spec_hash(config)
         with self._lock:
@@ -207,6 +207,14 @@ class LocalServe:
             data = self._read_secret(namespace, secret)
         write_key_files(directory, data or {})
         return directory
+
+    def _keys_of(self, namespace: str, secret: str) -> Path:
+        """Where a service reads a Secret's keys, written on first use; after that the
+        Secret's watch (``controllers.apikeys``) keeps them current, so a reconcile does
+        not read the Secret again (the controller has just checked it exists)."""
+        if not self.uses_keys(namespace, secret):
+            return self.sync_keys(namespace, secret)
+        return keys_dir(self._settings.keys_root, namespace, secret)
 
     def uses_keys(self, namespace: str, secret: str) -> bool:
         """Whether a service of this operator has checked the Secret's keys here."""
