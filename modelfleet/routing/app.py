@@ -17,7 +17,7 @@ from ray import serve
 from ray.serve import Application, Deployment
 
 from modelfleet.core.openai_api import ApiError
-from modelfleet.core.serve_deploy import await_response, is_running, run_application
+from modelfleet.core.serve_deploy import await_response, call_app, is_running, run_application
 from modelfleet.routing.embedding import QueryEncoder
 from modelfleet.routing.router import Router, RouterConfig
 
@@ -113,14 +113,14 @@ def deploy(
     """Deploy the router ``name`` on the connected Ray, or update the running one in place;
     setting ``cancelled`` ends the wait for it to run."""
     if is_running(name):
-        await_response(serve.get_app_handle(name).reconfigure.remote(config), cancelled)
+        await_response(call_app(name, "reconfigure", config), cancelled)
         return
     run_application(lambda: build(config), name, route_prefix, cancelled)
 
 
 def app_status(name: str, route_prefix: str = "/") -> dict[str, Any]:
     """The router's endpoint path and ready replicas in the shape the backend reads."""
-    status: dict[str, Any] = serve.get_app_handle(name).status.remote().result()
+    status: dict[str, Any] = call_app(name, "status").result()
     return {
         "endpoint": route_prefix.rstrip("/") + status["endpoint"],
         "readyReplicas": 1,

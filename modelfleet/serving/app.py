@@ -22,7 +22,7 @@ from ray import serve
 from ray.serve import Application, Deployment
 
 from modelfleet.core.openai_api import ApiError
-from modelfleet.core.serve_deploy import await_response, is_running, run_application
+from modelfleet.core.serve_deploy import await_response, call_app, is_running, run_application
 from modelfleet.serving.catalog import resolve_served_model
 from modelfleet.serving.frontend import PoolFrontend, split_args
 from modelfleet.serving.manager import MigrationReport
@@ -127,9 +127,7 @@ def deploy(
     """
     spec, options, keys_dir = split_args(spec_wire)
     if is_running(name):
-        response = serve.get_app_handle(name).apply.remote(
-            spec.to_wire(), options.to_wire(), keys_dir
-        )
+        response = call_app(name, "apply", spec.to_wire(), options.to_wire(), keys_dir)
         if await_response(response, cancelled):
             return
     run_application(lambda: build(spec_wire), name, route_prefix, cancelled)
@@ -137,6 +135,6 @@ def deploy(
 
 def app_status(name: str, route_prefix: str = "/") -> dict[str, Any]:
     """The pool's ready replicas, migrations and recoveries, and its endpoint path."""
-    status: dict[str, Any] = serve.get_app_handle(name).status.remote().result()
+    status: dict[str, Any] = call_app(name, "status").result()
     status["endpoint"] = route_prefix.rstrip("/") + status["endpoint"]
     return status
