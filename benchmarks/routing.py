@@ -55,6 +55,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -187,7 +188,7 @@ def pool_spec(model: str) -> dict[str, Any]:
                 "name": model,
                 "uri": f"zoo://{model}",
                 "maxModelLen": MAX_MODEL_LEN,
-                "engine": "torch",
+                "engine": "Torch",
             }
         ],
         "replicas": 1,
@@ -466,7 +467,7 @@ class Bench:
 
     def targets(self) -> list[dict[str, Any]]:
         return [
-            {"name": t, "pool": t, "model": t, "costPer1kTokens": round(p, 6), "weight": 1.0}
+            {"name": t, "pool": t, "model": t, "costPer1kTokens": f"{p:.6f}", "weight": 1.0}
             for t, p in self.prices.items()
         ]
 
@@ -535,7 +536,7 @@ async def measure_strategy(
         t: after["decisions"].get(t, 0) - before["decisions"].get(t, 0) for t in bench.prices
     }
     correct = np.array([r.text == p.answer for r, p in zip(replies, tests, strict=True)], float)
-    cost = after["spend"]["cost"] - before["spend"]["cost"]
+    cost = float(Decimal(after["spend"]["cost"]) - Decimal(before["spend"]["cost"]))
     reasons = sorted({r.reason.split(":")[0] for r in replies})
     print(
         f"  {name:<14} accuracy {correct.mean():.3f}  cost {cost:.4f}  "
@@ -727,18 +728,18 @@ async def run(args: argparse.Namespace, serve_url: str, prices: dict[str, float]
         serve.delete(learner)
 
         policies: dict[str, dict[str, Any]] = {
-            "weighted": {**base_policy, "strategy": "weighted"},
-            "least-latency": {**base_policy, "strategy": "least-latency"},
-            "cost-of-pass": {**base_policy, "strategy": "cost-of-pass"},
+            "weighted": {**base_policy, "strategy": Strategy.WEIGHTED},
+            "least-latency": {**base_policy, "strategy": Strategy.LEAST_LATENCY},
+            "cost-of-pass": {**base_policy, "strategy": Strategy.COST_OF_PASS},
             "cost-of-pass-floor": {
                 **base_policy,
-                "strategy": "cost-of-pass",
+                "strategy": Strategy.COST_OF_PASS,
                 "objectives": {"minQuality": min_quality},
             },
-            "capability": {**base_policy, "strategy": "capability"},
+            "capability": {**base_policy, "strategy": Strategy.CAPABILITY},
             "cascade": {
                 **base_policy,
-                "strategy": "cascade",
+                "strategy": Strategy.CASCADE,
                 "cascade": {"order": order, "confidenceThreshold": threshold},
             },
         }

@@ -17,6 +17,8 @@ import pytest
 
 from modelfleet.devcluster import LocalCluster, find_binaries
 from modelfleet.devcluster.cluster import free_port
+from tests.kuberay_crds import PLURALS as KUBERAY_PLURALS
+from tests.kuberay_crds import for_kube_1_20, load_crd
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -88,6 +90,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     local.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     yield local
     local.stop(remove=True)
+
+
+@pytest.fixture(scope="session")
+def kuberay_crds(cluster: LocalCluster) -> None:
+    """KubeRay's real CRDs (RayCluster, RayJob, RayService; v1.7, read from outside the
+    repository, see tests.kuberay_crds) installed once per session, so the API server
+    validates, defaults and prunes the operator's children with KubeRay's own structural
+    schemas and serves their status subresource. Requested only by tests that need them:
+    the session starts without KubeRay.
+
+    What this 1.20 API server does not accept is stripped (``for_kube_1_20``):
+    ``x-kubernetes-validations`` (CEL rules, 1.25 or newer), empty-string defaults (1.20
+    reads them as null and rejects the CRD), and the list-map keys of ``imagePullSecrets``,
+    whose key loses that default. They are created, or replace what a test installed before,
+    never applied: client-side apply's last-applied annotation of a schema this large is over
+    the 256 KiB annotation limit.
+    """
+    for plural in KUBERAY_PLURALS:
+        crd = for_kube_1_20(load_crd(plural))
+        found = cluster.kubectl("get", "crd", crd["metadata"]["name"], "--ignore-not-found")
+        verb = "replace" if found.strip() else "create"
+        cluster.kubectl(verb, "-f", "-", stdin=json.dumps(crd))
+    names = [f"crd/{plural}.ray.io" for plural in KUBERAY_PLURALS]
+    cluster.kubectl("wait", "--for=condition=Established", *names, "--timeout=60s")
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,24 @@ import pytest
 import yaml
 
 from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
-from modelfleet.backends.kuberay import ClusterChange, cluster_change
+from modelfleet.backends.kuberay import ClusterChange, cluster_change, render
+from modelfleet.core.workload import Workload
 from modelfleet.scheduling.inventory import describe_node
+from tests.kuberay_crds import JOB, OWNER, SERVICE, TRANSITION_TIME, deploy_failed, serving
 
 pytestmark = pytest.mark.envtest
 NS = "ray"
+KUBERAY_DEFAULTS = {"backoffLimit", "submissionMode", "numOfHosts", "priority"}
+"""Fields KubeRay's schemas default that the operator leaves unset: the API server adds them."""
+RUNNING_JOB = {
+    "jobDeploymentStatus": "Running",
+    "jobStatus": "RUNNING",
+    "jobId": "clinical-notes-fed-7x2k9",
+    "rayClusterName": "clinical-notes-fed-raycluster-a",
+    "dashboardURL": "clinical-notes-fed-raycluster-a-head-svc.ray.svc.cluster.local:8265",
+    "startTime": TRANSITION_TIME,
+    "observedGeneration": 1,
+}
 
 
 MIXED_CLUSTER = [
@@ -68,9 +81,44 @@ def _children(kube: Kube, plural: str) -> list[dict[str, object]]:
     return list(kube.get(plural, "-n", NS)["items"])
 
 
-def _set_status(kube: Kube, resource: str, status: dict[str, object]) -> None:
-    patch = json.dumps({"status": status})
-    kube("patch", resource, "-n", NS, "--subresource=status", "--type=merge", "-p", patch)
+def _set_status(kube: Kube, resource: str, status: dict[str, Any]) -> None:
+    """Write ``status`` as KubeRay would, through the status subresource, replacing what
+    was there; KubeRay's schema would prune a field it lacks, so the write is read back."""
+    patch = json.dumps([{"op": "add", "path": "/status", "value": status}])
+    kube("patch", resource, "-n", NS, "--subresource=status", "--type=json", "-p", patch)
+    assert differences(status, kube.get(resource, "-n", NS)["status"]) == []
+
+
+def differences(rendered: Any, stored: Any, path: str = "") -> list[str]:
+    """Where ``stored`` lacks or changed something ``rendered`` holds (what pruning does);
+    what the server added is left out."""
+    if isinstance(rendered, dict) and isinstance(stored, dict):
+        return [
+            found
+            for key, value in rendered.items()
+            for found in (
+                differences(value, stored[key], f"{path}.{key}")
+                if key in stored
+                else [f"{path}.{key}: pruned"]
+            )
+        ]
+    if isinstance(rendered, list) and isinstance(stored, list) and len(rendered) == len(stored):
+        return [
+            found
+            for index, (item, kept) in enumerate(zip(rendered, stored, strict=True))
+            for found in differences(item, kept, f"{path}[{index}]")
+        ]
+    return [] if rendered == stored else [f"{path}: {rendered!r} became {stored!r}"]
+
+
+def additions(rendered: Any, stored: Any) -> set[str]:
+    """The names of the fields ``stored`` has that ``rendered`` lacks, at any depth."""
+    if isinstance(rendered, dict) and isinstance(stored, dict):
+        added = set(stored) - set(rendered)
+        return added.union(*(additions(rendered[k], stored[k]) for k in rendered if k in stored))
+    if isinstance(rendered, list) and isinstance(stored, list):
+        return set().union(*(additions(r, s) for r, s in zip(rendered, stored, strict=False)))
+    return set()
 
 
 def test_missing_kuberay_is_reported(kube: Kube, start: Callable[[], Operator]) -> None:
@@ -81,9 +129,8 @@ def test_missing_kuberay_is_reported(kube: Kube, start: Callable[[], Operator]) 
     operator.stop()
 
 
+@pytest.mark.usefixtures("kuberay_crds")
 def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) -> None:
-    kube("apply", "-f", str(ROOT / "e2e" / "fixtures" / "kuberay-crds.yaml"))
-    kube("wait", "--for=condition=Established", "crd/rayjobs.ray.io", "crd/rayservices.ray.io")
     operator = start()
     kube.wait_reason("fedjob/clinical-notes", NS, "RayJobStarting")
     owner = kube.get("fedjob/clinical-notes", "-n", NS)
@@ -102,15 +149,11 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
     ], "the clients' GPU types, as named and as the nodes' feature discovery names them"
     assert kube.condition("fedjob/clinical-notes", NS, "Progressing")["status"] == "True"
 
-    _set_status(
-        kube,
-        "rayjob/clinical-notes-fed",
-        {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
-    )
+    _set_status(kube, "rayjob/clinical-notes-fed", RUNNING_JOB)
     assert kube.wait_reason("fedjob/clinical-notes", NS, "Running")["status"] == "True"
 
     kube.wait_reason("modelpool/chat", NS, "RayServiceStarting")
-    _set_status(kube, "rayservice/chat-serve", {"serviceStatus": "Running", "numServeEndpoints": 2})
+    _set_status(kube, "rayservice/chat-serve", serving("chat-serve", 2))
     kube.wait_reason("modelpool/chat", NS, "Serving")
     pool = kube.get("modelpool/chat", "-n", NS)["status"]
     assert pool["replicas"] == 2 and pool["endpoint"].startswith(
@@ -131,13 +174,17 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
     rendered = kube.get("rayservice/chat-router-router", "-n", NS)
     assert app["args"]["learned"] == []
     assert rendered["spec"]["rayClusterConfig"]["workerGroupSpecs"] == []
-    _set_status(kube, "rayservice/chat-router-router", {"serviceStatus": "Running"})
+    error = "Deploying app 'chat-router-router' failed: ImportError: no module named 'httpx'"
+    _set_status(kube, "rayservice/chat-router-router", deploy_failed("chat-router-router", error))
+    failed = kube.wait_reason("routingpolicy/chat-router", NS, "ServeDeployFailed")
+    assert failed["status"] == "False" and error in failed["message"]
+    _set_status(kube, "rayservice/chat-router-router", serving("chat-router-router", 1))
     assert kube.wait_reason("routingpolicy/chat-router", NS, "TargetsReady")["status"] == "True"
     endpoint = kube.get("routingpolicy/chat-router", "-n", NS)["status"]["endpoint"]
     assert endpoint == "http://chat-router-router-serve-svc.ray.svc:8000/v1"
 
-    serving = kube.get("rayservice/chat-serve", "-n", NS)
-    before = serving["metadata"]["annotations"]["modelfleet.io/spec-hash"]
+    unscaled = kube.get("rayservice/chat-serve", "-n", NS)
+    before = unscaled["metadata"]["annotations"]["modelfleet.io/spec-hash"]
     kube("scale", "modelpool/chat", "-n", NS, "--replicas=5")
     wait_for(
         lambda: (
@@ -152,14 +199,18 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
     scaled = kube.get("rayservice/chat-serve", "-n", NS)["spec"]["rayClusterConfig"]
     groups = [(g["groupName"], g["replicas"]) for g in scaled["workerGroupSpecs"]]
     assert groups == [("g0-cpu", 4), ("g1-l4", 1), ("g2-a100-80gb", 0)]
-    old_cluster = serving["spec"]["rayClusterConfig"]
+    old_cluster = unscaled["spec"]["rayClusterConfig"]
     assert cluster_change(old_cluster, scaled) is ClusterChange.NONE, "KubeRay keeps its cluster"
 
     operator.stop(signal.SIGKILL)
     restarted = start()
     kube("annotate", "fedjob/clinical-notes", "-n", NS, "touched=after-restart")
     wait_for(
-        lambda: restarted.process.poll() is None and "resync" in restarted.logs(), 60, "resyncs"
+        lambda: (
+            restarted.process.poll() is None and "Handler 'reconcile' succeeded" in restarted.logs()
+        ),
+        60,
+        "the restarted operator to reconcile",
     )
     names = sorted(o["metadata"]["name"] for o in _children(kube, "rayjobs"))  # type: ignore[index]
     assert names == ["clinical-notes-fed", "fuse-chat-fusion"]
@@ -221,7 +272,15 @@ def test_jobs_keep_their_spec_stay_finished_and_leave_strangers_alone(kube: Kube
     )
     assert kube.get("rayjob/clinical-notes-fed", "-n", NS)["spec"] == started
 
-    done = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
+    done = {
+        **RUNNING_JOB,
+        "jobDeploymentStatus": "Complete",
+        "jobStatus": "SUCCEEDED",
+        "message": "Job finished successfully.",
+        "succeeded": 1,
+        "failed": 0,
+        "endTime": TRANSITION_TIME,
+    }
     _set_status(kube, "rayjob/clinical-notes-fed", done)
     assert kube.wait_reason("fedjob/clinical-notes", NS, "Succeeded")["status"] == "True"
     kube("delete", "rayjob/clinical-notes-fed", "-n", NS)
@@ -241,7 +300,8 @@ def test_jobs_keep_their_spec_stay_finished_and_leave_strangers_alone(kube: Kube
     conflict = kube.wait_reason("fedjob/stranger", NS, "NameConflict")
     assert "a RayJob named stranger-fed exists" in conflict["message"]
     kept = kube.get("rayjob/stranger-fed", "-n", NS)
-    assert kept["spec"] == stranger["spec"] and not kept["metadata"].get("ownerReferences")
+    assert differences(stranger["spec"], kept["spec"]) == []
+    assert not kept["metadata"].get("ownerReferences")
 
 
 def test_unsatisfiable_pool_is_unschedulable(kube: Kube) -> None:
@@ -260,7 +320,7 @@ def test_fusion_training_is_placed_on_labelled_nodes(kube: Kube) -> None:
         .replace("name: fuse-chat", "name: placed")
     )
     architecture = "    architecture: {layers: 40, hiddenSize: 5120, parametersBillions: 13}\n"
-    job = job.replace("    family: tiny\n", "    family: tiny\n" + architecture)
+    job = job.replace("    family: Tiny\n", "    family: Tiny\n" + architecture)
     kube("apply", "-n", NS, "-f", "-", stdin=job)
     kube.wait_reason("fusionjob/placed", NS, "RayJobStarting")
     placement = kube.get("fusionjob/placed", "-n", NS)["status"]["placement"]
@@ -279,3 +339,41 @@ def test_fusion_training_is_placed_on_labelled_nodes(kube: Kube) -> None:
     )
     kube("apply", "-n", NS, "-f", "-", stdin=huge)
     assert "GiB per GPU" in kube.wait_reason("fusionjob/too-big", NS, "Unschedulable")["message"]
+
+
+def test_a_failed_job_stays_failed(kube: Kube) -> None:
+    """KubeRay gave up on the FusionJob's RayJob (the Ray job failed, no retries left): the
+    FusionJob reports why, Degraded, and stays failed once KubeRay's TTL deletes the RayJob."""
+    failed = {
+        "jobDeploymentStatus": "Failed",
+        "jobStatus": "FAILED",
+        "reason": "AppFailed",
+        "message": "Job entrypoint command failed with exit code 1",
+        "jobId": "fuse-chat-fusion-q8v4m",
+        "rayClusterName": "fuse-chat-fusion-raycluster-a",
+        "startTime": TRANSITION_TIME,
+        "endTime": TRANSITION_TIME,
+        "succeeded": 0,
+        "failed": 1,
+    }
+    _set_status(kube, "rayjob/fuse-chat-fusion", failed)
+    ready = kube.wait_reason("fusionjob/fuse-chat", NS, "RayJobFailed")
+    assert ready["status"] == "False" and "(AppFailed): Job entrypoint command" in ready["message"]
+    assert kube.condition("fusionjob/fuse-chat", NS, "Degraded")["status"] == "True"
+    kube("delete", "rayjob/fuse-chat-fusion", "-n", NS)
+    time.sleep(6)  # three resyncs
+    assert "fuse-chat-fusion" not in kube("get", "rayjobs", "-n", NS, "-o", "name")
+    assert kube.condition("fusionjob/fuse-chat", NS)["reason"] == "RayJobFailed"
+
+
+@pytest.mark.parametrize("workload", [SERVICE, JOB], ids=lambda w: w.kind.value)
+@pytest.mark.usefixtures("kuberay_crds")
+def test_children_are_stored_as_rendered(kube: Kube, workload: Workload) -> None:
+    """KubeRay's structural schemas prune silently what they do not declare: a child read
+    back from the API server holds everything rendered, plus only KubeRay's defaults."""
+    if OWNER.namespace not in kube("get", "namespaces", "-o", "name"):
+        namespace(kube, OWNER.namespace)
+    rendered = render(OWNER, workload, "img:1", products={"L4": ("NVIDIA-L4",)})
+    stored = json.loads(kube("create", "-f", "-", "-o", "json", stdin=json.dumps(rendered)))
+    assert differences(rendered, stored) == []
+    assert additions(rendered["spec"], stored["spec"]) <= KUBERAY_DEFAULTS

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,9 +54,9 @@ kind: RoutingPolicy
 metadata: {name: fleet}
 spec:
   targets:
-    - {name: arith, pool: chat, model: arith, costPer1kTokens: 1.0}
-    - {name: tiny, pool: tiny, model: mini, costPer1kTokens: 0.1}
-  strategy: cost-of-pass
+    - {name: arith, pool: chat, model: arith, costPer1kTokens: "1.0"}
+    - {name: tiny, pool: tiny, model: mini, costPer1kTokens: "0.1"}
+  strategy: CostOfPass
   objectives: {minQuality: 0.3}
   fallback: arith
   auth: {mode: ApiKey, secretName: demo-keys}
@@ -151,7 +152,7 @@ def test_webhook_rejects_with_the_models_message(kube: Kube, operator: Operator)
         kube("apply", "-n", NS, "-f", "-", stdin=bad)
     message = caught.value.stderr
     assert "denied the request" in message
-    assert "spec.aggregation.method: fedavg averages LoRA A and B separately" in message
+    assert "spec.aggregation.method: FedAvg averages LoRA A and B separately" in message
 
 
 def test_spec_update_is_observed(kube: Kube, operator: Operator) -> None:
@@ -190,7 +191,7 @@ def test_invalid_spec_past_the_webhook_is_reported_once(kube: Kube, operator: Op
     bad = (ROOT / "examples" / "invalid" / "fedjob-fedavg-mixed-ranks.yaml").read_text()
     kube("apply", "-n", NS, "-f", "-", stdin=bad)
     ready = kube.wait_reason("fedjob/mixed-ranks", NS, "InvalidSpec")
-    assert ready["message"].startswith("spec.aggregation.method: fedavg")
+    assert ready["message"].startswith("spec.aggregation.method: FedAvg")
     _reconcile_again(kube, operator, "fedjob/mixed-ranks", "FedJob")
     events = [
         e
@@ -224,7 +225,8 @@ def test_modelpool_serves_through_the_openai_client(
     assert status["endpoint"] == POOL_BASE
     assert status["replicas"] == 2
     assert status["replicasByGpuType"] == [{"gpuType": "cpu", "model": "arith", "replicas": 2}]
-    assert status["costPerHour"] == pytest.approx(0.2)
+    assert status["costPerHour"] == "0.20", "two cpu replicas at the example's 0.10"
+    assert status["selector"] == "modelfleet.io/workload=chat-serve"
     assert kube("get", POOL, "-n", NS, "-o", "jsonpath={.status.replicas}") == "2"
     kube.wait_reason("routingpolicy/chat-router", NS, "TargetsReady")
 
@@ -311,7 +313,7 @@ def test_a_routing_policy_routes_learns_and_outlives_a_pool(kube: Kube, operator
 
     status = wait_for(routed, 30, "decisions and feedback in the policy's status")
     assert sum(status["decisions"].values()) == len(answered)
-    assert 0 <= status["observedQuality"] <= 1 and status["observedCostPer1kTokens"] > 0
+    assert 0 <= status["observedQuality"] <= 1 and Decimal(status["observedCostPer1kTokens"]) > 0
     assert {p["target"] for p in status["profiles"]} == {"tiny", "arith"}
     series = f'modelfleet_routingpolicy_decisions_total{{name="fleet",namespace="{NS}",'
     assert wait_for(lambda: series in _metrics(operator), 30, "the decisions series")
@@ -331,7 +333,7 @@ def test_scaling_a_pool_drains_in_place(kube: Kube, operator: Operator) -> None:
     wait_for(lambda: _pool_status(kube).get("replicas") == 1, 120, "the pool to scale to 1")
     ready = kube.wait_reason(POOL, NS, "Serving", timeout=60)
     assert ready["message"].startswith("1 replica(s) serving")
-    assert _pool_status(kube)["costPerHour"] == pytest.approx(0.1)
+    assert _pool_status(kube)["costPerHour"] == "0.10"
     events = kube.get("events", "-n", NS)["items"]
     updates = [e for e in events if e["reason"] == "WorkloadUpdated"]
     assert any(e["involvedObject"]["name"] == "chat" for e in updates)

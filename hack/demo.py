@@ -223,7 +223,7 @@ def routing_policy() -> dict[str, Any]:
     for target in spec["targets"]:
         manifest = manifests[target["name"]]
         if manifest is not None:
-            target["costPer1kTokens"] = round(manifest.parameters / 1e6, 3)
+            target["costPer1kTokens"] = f"{manifest.parameters / 1e6:.3f}"
     for profile in spec["capabilityProfiles"]:
         manifest = manifests[profile["target"]]
         if manifest is not None:
@@ -240,7 +240,7 @@ def route_questions(cluster: LocalCluster) -> None:
     wait_until_ready(cluster, "modelpool/tiny")
     policy = routing_policy()
     prices = {t["name"]: t["costPer1kTokens"] for t in policy["spec"]["targets"]}
-    print(f"\nRoutingPolicy skills: cost-of-pass, prices per 1k tokens {prices}")
+    print(f"\nRoutingPolicy skills: CostOfPass, prices per 1k tokens {prices}")
     print("  " + cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(policy)).strip())
     status = wait_until_ready(cluster, "routingpolicy/skills")
     endpoint = status["endpoint"]
@@ -275,7 +275,7 @@ def route_questions(cluster: LocalCluster) -> None:
     print(
         f"  status: decisions {learned.get('decisions')}, observedQuality "
         f"{learned.get('observedQuality')}, observedCostPer1kTokens "
-        f"{learned.get('observedCostPer1kTokens'):.3f}"
+        f"{float(learned.get('observedCostPer1kTokens', 'nan')):.3f}"
     )
     print("\n$ kubectl get routingpolicy")
     print(cluster.kubectl("get", "routingpolicy"))

@@ -7,11 +7,23 @@ has no CEL) enforces the same limits the webhook and the controllers do.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+    field_serializer,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelfleet.io"
@@ -40,12 +52,56 @@ Uri = Annotated[
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 LabelMap = Annotated[dict[str, ShortText], Field(max_length=32)]
 
+MONEY = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,9})?$"
+"""An amount of money: a decimal string with at most 12 integer and 9 fractional digits."""
+
+
+def parse_money(value: object) -> Decimal:
+    """Money arrives as a decimal string ("3.50"), never a float: a float cannot hold
+    most prices exactly, and sums of them drift. Code may pass a ``Decimal``."""
+    text = format(value, "f") if isinstance(value, Decimal) else value
+    if isinstance(text, str) and re.fullmatch(MONEY, text):
+        return Decimal(text)
+    raise ValueError(
+        "give money as a quoted decimal string of at most 12 integer and 9 fractional "
+        'digits, e.g. "3.50"'
+    )
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(parse_money),
+    PlainSerializer(lambda value: format(value, "f"), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": MONEY, "maxLength": 22}),
+]
+"""Money in any currency, the same one throughout a cluster: a decimal string on the wire
+(e.g. "3.50"), a ``Decimal`` in code. See docs/serving.md, "Money"."""
+
+
+def list_map(*keys: str) -> dict[str, Any]:
+    """Schema markers of a list of objects keyed by ``keys``: ``kubectl apply`` and
+    server-side apply merge such lists entry by entry, and the API server rejects two
+    entries with the same key."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+def require_unique(field: str, key: str, keys: Sequence[str]) -> None:
+    """Reject a list whose entries repeat a key, naming the list, the key and the repeats
+    (the API server rejects them too, but only where the list is marked a map)."""
+    repeated = sorted({value for value in keys if keys.count(value) > 1})
+    if repeated:
+        raise ValueError(f"{field}: each {key} may appear once; repeated: {repeated}")
+
 
 class ApiModel(BaseModel):
     """Base of every spec model: camelCase on the wire, unknown fields rejected.
 
-    Rejecting unknown fields matters because the 1.20 API server silently prunes
-    them: without this a typo in a manifest would be dropped without a word.
+    Rejecting unknown fields does not catch typos in manifests: the API server prunes
+    fields its schema does not know while decoding the request, before admission, so the
+    webhook never sees them. What it does catch is a wrong field name in a spec built
+    in code (planners, tests, benchmarks) or in a workload's config, where nothing
+    prunes. For manifests, ``kubectl apply --validate=strict`` makes the API server
+    (>= 1.25) reject unknown fields; see README.md, "Typos in manifests".
     """
 
     model_config = ConfigDict(
@@ -127,7 +183,10 @@ class BaseStatus(StatusModel):
         default=0, ge=0, description="The .metadata.generation the status was computed for."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=8, description="Ready, Progressing and Degraded."
+        default_factory=list,
+        max_length=8,
+        description="Ready, Progressing and Degraded.",
+        json_schema_extra=list_map("type"),
     )
 
 
@@ -138,10 +197,28 @@ class Artifact(StatusModel):
     uri: str = Field(max_length=2048, description="Where it was written.")
 
 
-class GpuRequest(ApiModel):
-    """A number of GPUs of one type."""
+CPU_TYPE = "cpu"
+"""The GPU type that means: no GPU."""
+GpuType = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=63),
+    Field(description="GPU product, e.g. H100, A100-80GB, L4; 'cpu' runs without a GPU."),
+]
 
-    gpu_type: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
-        description="GPU product, e.g. H100, A100-80GB, L4; 'cpu' runs without a GPU."
+
+class GpuRequest(ApiModel):
+    """A number of GPUs of one type: how every kind asks for GPUs."""
+
+    gpu_type: GpuType
+    count: int = Field(
+        default=1,
+        ge=0,
+        le=4096,
+        description="How many GPUs; with gpuType cpu, how many CPU workers. Default: 1.",
     )
-    count: int = Field(default=1, ge=0, le=4096, description="How many GPUs. Default: 1.")
+
+    @property
+    def gpus(self) -> int:
+        """The GPUs this asks for: ``count``, but none with gpuType cpu, whose count the
+        API server may have defaulted to 1."""
+        return 0 if self.gpu_type == CPU_TYPE else self.count

@@ -8,15 +8,26 @@ from typing import Annotated, Self
 
 from pydantic import Field, StringConstraints, model_validator
 
-from modelfleet.api.common import ApiModel, Artifact, BaseStatus, LabelMap, Name, Uri
+from modelfleet.api.common import (
+    CPU_TYPE,
+    ApiModel,
+    Artifact,
+    BaseStatus,
+    GpuRequest,
+    LabelMap,
+    Name,
+    Uri,
+    list_map,
+)
+from modelfleet.api.pods import Pod
 
 
 class ModelFamily(StrEnum):
-    LLAMA = "llama"
-    MISTRAL = "mistral"
-    QWEN = "qwen"
-    GPT2 = "gpt2"
-    TINY = "tiny"
+    LLAMA = "Llama"
+    MISTRAL = "Mistral"
+    QWEN = "Qwen"
+    GPT2 = "GPT2"
+    TINY = "Tiny"
 
 
 class BaseModelRef(ApiModel):
@@ -24,7 +35,8 @@ class BaseModelRef(ApiModel):
 
     uri: Uri
     family: ModelFamily = Field(
-        default=ModelFamily.LLAMA, description="Architecture family. Default: llama."
+        default=ModelFamily.LLAMA,
+        description="Architecture family: Llama, Mistral, Qwen, GPT2 or Tiny. Default: Llama.",
     )
 
 
@@ -45,15 +57,6 @@ class Adapter(ApiModel):
     )
 
 
-class ClientResources(ApiModel):
-    """What one client trains on."""
-
-    gpu_type: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
-        default="cpu", description="GPU product the client trains on. Default: cpu."
-    )
-    gpus: int = Field(default=0, ge=0, le=64, description="GPUs for this client. Default: 0.")
-
-
 class FedClient(ApiModel):
     """One participant: its data stays at its site; only adapter updates leave it."""
 
@@ -64,13 +67,14 @@ class FedClient(ApiModel):
         ge=1,
         le=256,
         description="This client's LoRA rank; defaults to spec.adapter.rank. "
-        "Ranks may differ per client with aggregation.method=flora.",
+        "Ranks may differ per client with aggregation.method FLoRA.",
     )
     weight: float = Field(
         default=1.0, gt=0, le=1e9, description="Aggregation weight, e.g. sample count. Default: 1."
     )
-    resources: ClientResources = Field(
-        default_factory=ClientResources, description="GPUs for this client's workers."
+    resources: GpuRequest = Field(
+        default_factory=lambda: GpuRequest(gpu_type=CPU_TYPE, count=0),
+        description="GPUs this client trains on, all on one node. Default: cpu, 0.",
     )
     site: Annotated[str, StringConstraints(max_length=63)] | None = Field(
         default=None, description="Site or cluster the client runs at."
@@ -81,8 +85,8 @@ class FedClient(ApiModel):
 
 
 class AggregationMethod(StrEnum):
-    FLORA = "flora"
-    FEDAVG = "fedavg"
+    FLORA = "FLoRA"
+    FEDAVG = "FedAvg"
 
 
 class Aggregation(ApiModel):
@@ -90,8 +94,8 @@ class Aggregation(ApiModel):
 
     method: AggregationMethod = Field(
         default=AggregationMethod.FLORA,
-        description="flora stacks adapters (exact, mixes ranks); fedavg averages A and B "
-        "separately (the FedIT baseline; needs equal ranks). Default: flora.",
+        description="FLoRA stacks adapters (exact, mixes ranks); FedAvg averages A and B "
+        "separately (the FedIT baseline; needs equal ranks). Default: FLoRA.",
     )
     min_clients: int = Field(
         default=1, ge=1, le=10000, description="Updates needed to close a round. Default: 1."
@@ -125,9 +129,9 @@ class Privacy(ApiModel):
 
 
 class Quantization(StrEnum):
-    NONE = "none"
-    INT8 = "int8"
-    TERNARY = "ternary"
+    NONE = "None"
+    INT8 = "Int8"
+    TERNARY = "Ternary"
 
 
 class Compression(ApiModel):
@@ -136,7 +140,9 @@ class Compression(ApiModel):
     sparsity: float = Field(
         default=0.0, ge=0, lt=1, description="Fraction of update entries dropped. Default: 0."
     )
-    quantization: Quantization = Field(default=Quantization.NONE, description="Default: none.")
+    quantization: Quantization = Field(
+        default=Quantization.NONE, description="None, Int8 or Ternary. Default: None."
+    )
 
 
 class Output(ApiModel):
@@ -151,7 +157,10 @@ class FedJobSpec(ApiModel):
     base_model: BaseModelRef
     adapter: Adapter = Field(default_factory=Adapter)
     clients: list[FedClient] = Field(
-        min_length=1, max_length=1000, description="The participants, 1 to 1000."
+        min_length=1,
+        max_length=1000,
+        description="The participants, 1 to 1000.",
+        json_schema_extra=list_map("name"),
     )
     rounds: int = Field(default=10, ge=1, le=10000, description="Federated rounds. Default: 10.")
     local_steps: int = Field(
@@ -161,6 +170,7 @@ class FedJobSpec(ApiModel):
     privacy: Privacy = Field(default_factory=Privacy)
     compression: Compression = Field(default_factory=Compression)
     output: Output = Field(description="Where the aggregated adapter is written.")
+    pod: Pod = None
 
     @model_validator(mode="after")
     def _check_clients(self) -> Self:
@@ -172,9 +182,9 @@ class FedJobSpec(ApiModel):
             odd = [c.name for c in self.clients if self.client_rank(c) != self.adapter.rank]
             if odd:
                 raise ValueError(
-                    f"spec.aggregation.method: fedavg averages LoRA A and B separately and "
+                    f"spec.aggregation.method: FedAvg averages LoRA A and B separately and "
                     f"cannot mix ranks, but clients {odd} differ from spec.adapter.rank="
-                    f"{self.adapter.rank}; use method: flora or give every client the same rank"
+                    f"{self.adapter.rank}; use method: FLoRA or give every client the same rank"
                 )
         per_round = max(1, floor(self.aggregation.client_fraction * len(self.clients)))
         if self.aggregation.min_clients > per_round:

@@ -8,6 +8,7 @@ from typing import Annotated, Self
 from pydantic import Field, StringConstraints, model_validator
 
 from modelfleet.api.common import (
+    CPU_TYPE,
     ApiModel,
     Artifact,
     BaseStatus,
@@ -15,8 +16,11 @@ from modelfleet.api.common import (
     Name,
     StatusModel,
     Uri,
+    list_map,
+    require_unique,
 )
 from modelfleet.api.fedjob import ModelFamily, Output
+from modelfleet.api.pods import Pod
 
 
 class FusionSource(ApiModel):
@@ -41,7 +45,10 @@ class FusionTarget(ApiModel):
     """The model that receives the fused knowledge."""
 
     uri: Uri = Field(description="The model trained (distill) or the merge's architecture.")
-    family: ModelFamily = Field(default=ModelFamily.LLAMA, description="Default: llama.")
+    family: ModelFamily = Field(
+        default=ModelFamily.LLAMA,
+        description="Llama, Mistral, Qwen, GPT2 or Tiny. Default: Llama.",
+    )
     architecture: Architecture | None = Field(
         default=None,
         description="Needed to place training on GPUs across nodes: with it the operator "
@@ -50,24 +57,27 @@ class FusionTarget(ApiModel):
 
 
 class FusionMethod(StrEnum):
-    DISTILL = "distill"
-    MERGE = "merge"
+    DISTILL = "Distill"
+    MERGE = "Merge"
 
 
 class MergeStrategy(StrEnum):
-    SOUP = "soup"
-    TASK_ARITHMETIC = "task-arithmetic"
-    TIES = "ties"
-    BREADCRUMBS = "breadcrumbs"
+    SOUP = "Soup"
+    TASK_ARITHMETIC = "TaskArithmetic"
+    TIES = "TIES"
+    BREADCRUMBS = "Breadcrumbs"
 
 
 class Merge(ApiModel):
     """Weight-space merging; all sources must share the target's architecture."""
 
-    strategy: MergeStrategy = Field(default=MergeStrategy.SOUP, description="Default: soup.")
+    strategy: MergeStrategy = Field(
+        default=MergeStrategy.SOUP,
+        description="Soup, TaskArithmetic, TIES or Breadcrumbs. Default: Soup.",
+    )
     base_uri: Uri | None = Field(
         default=None,
-        description="The common starting point; needed by task-arithmetic, ties, breadcrumbs.",
+        description="The common starting point; needed by TaskArithmetic, TIES, Breadcrumbs.",
     )
     density: float = Field(
         default=1.0, gt=0, le=1, description="Share of task-vector entries kept. Default: 1."
@@ -76,8 +86,8 @@ class Merge(ApiModel):
 
 
 class TokenAlignment(StrEnum):
-    MINIMUM_EDIT = "minimum-edit"
-    EXACT = "exact"
+    MINIMUM_EDIT = "MinimumEdit"
+    EXACT = "Exact"
 
 
 class Distill(ApiModel):
@@ -85,7 +95,8 @@ class Distill(ApiModel):
 
     alignment: TokenAlignment = Field(
         default=TokenAlignment.MINIMUM_EDIT,
-        description="How source tokens map to target tokens. Default: minimum-edit.",
+        description="How source tokens map to target tokens: MinimumEdit or Exact. "
+        "Default: MinimumEdit.",
     )
     temperature: float = Field(default=1.0, gt=0, le=100, description="Default: 1.")
     top_k: int = Field(default=10, ge=1, le=1024, description="Source logits kept per token.")
@@ -120,8 +131,8 @@ class FusionData(ApiModel):
 
 
 class SequenceParallelMode(StrEnum):
-    AUTO = "auto"
-    FIXED = "fixed"
+    AUTO = "Auto"
+    FIXED = "Fixed"
 
 
 class SequenceParallel(ApiModel):
@@ -129,14 +140,15 @@ class SequenceParallel(ApiModel):
 
     mode: SequenceParallelMode = Field(
         default=SequenceParallelMode.AUTO,
-        description="auto plans SP groups per step from sequence lengths; fixed uses degree.",
+        description="Auto plans SP groups per step from sequence lengths; Fixed uses degree. "
+        "Default: Auto.",
     )
-    degree: int | None = Field(default=None, ge=1, le=1024, description="With mode=fixed.")
+    degree: int | None = Field(default=None, ge=1, le=1024, description="With mode Fixed.")
 
     @model_validator(mode="after")
     def _degree_with_fixed(self) -> Self:
         if self.mode is SequenceParallelMode.FIXED and self.degree is None:
-            raise ValueError("spec.training.sequenceParallel.degree is required with mode=fixed")
+            raise ValueError("spec.training.sequenceParallel.degree is required with mode Fixed")
         return self
 
 
@@ -169,36 +181,44 @@ class FusionJobSpec(ApiModel):
     """The desired fusion run."""
 
     sources: list[FusionSource] = Field(
-        min_length=1, max_length=16, description="The models to fuse, 1 to 16."
+        min_length=1,
+        max_length=16,
+        description="The models to fuse, 1 to 16.",
+        json_schema_extra=list_map("name"),
     )
     target: FusionTarget = Field(description="The model that receives the fused knowledge.")
-    method: FusionMethod = Field(default=FusionMethod.DISTILL, description="Default: distill.")
-    merge: Merge | None = Field(default=None, description="Settings with method=merge.")
-    distill: Distill = Field(default_factory=Distill, description="Settings with method=distill.")
-    data: FusionData | None = Field(default=None, description="Needed with method=distill.")
+    method: FusionMethod = Field(
+        default=FusionMethod.DISTILL, description="Distill or Merge. Default: Distill."
+    )
+    merge: Merge | None = Field(default=None, description="Settings with method Merge.")
+    distill: Distill = Field(default_factory=Distill, description="Settings with method Distill.")
+    data: FusionData | None = Field(default=None, description="Needed with method Distill.")
     training: Training = Field(default_factory=Training)
     resources: list[GpuRequest] = Field(
-        default_factory=lambda: [GpuRequest(gpu_type="cpu", count=0)],
+        default_factory=lambda: [GpuRequest(gpu_type=CPU_TYPE, count=0)],
         min_length=1,
         max_length=16,
         description="GPUs the job may use, by type. Default: CPU only.",
+        json_schema_extra=list_map("gpuType"),
     )
     output: Output = Field(description="Where the fused model is written.")
+    pod: Pod = None
 
     @model_validator(mode="after")
     def _check_method(self) -> Self:
         names = [source.name for source in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"spec.sources: names must be unique; got {names}")
+        require_unique("spec.resources", "gpuType", [r.gpu_type for r in self.resources])
         if self.method is FusionMethod.MERGE:
             merge = self.merge or Merge()
             if merge.strategy is not MergeStrategy.SOUP and merge.base_uri is None:
                 raise ValueError(
-                    f"spec.merge.baseUri is required with strategy={merge.strategy.value}: "
+                    f"spec.merge.baseUri is required with strategy {merge.strategy.value}: "
                     f"task vectors are differences from the common base model"
                 )
         elif self.data is None:
-            raise ValueError("spec.data is required with method=distill (uri or synthetic)")
+            raise ValueError("spec.data is required with method Distill (uri or synthetic)")
         return self
 
 

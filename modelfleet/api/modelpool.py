@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, model_validator
 
 from modelfleet.api.auth import Auth, require_auth
-from modelfleet.api.common import ApiModel, BaseStatus, Name, StatusModel, Uri
-
-GpuTypeName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+from modelfleet.api.common import (
+    CPU_TYPE,
+    ApiModel,
+    BaseStatus,
+    GpuType,
+    Money,
+    Name,
+    StatusModel,
+    Uri,
+    list_map,
+    require_unique,
+)
+from modelfleet.api.pods import Pod
 
 
 class Engine(StrEnum):
-    VLLM = "vllm"
-    TORCH = "torch"
+    VLLM = "VLLM"
+    TORCH = "Torch"
 
 
 class AdapterRef(ApiModel):
@@ -42,9 +53,10 @@ class ServedModel(ApiModel):
         default_factory=list,
         max_length=16,
         description="LoRA adapters of this model, batched together on its replicas.",
+        json_schema_extra=list_map("name"),
     )
     engine: Engine = Field(
-        default=Engine.TORCH, description="vllm on GPUs, torch on CPU. Default: torch."
+        default=Engine.TORCH, description="VLLM on GPUs, Torch on CPU. Default: Torch."
     )
     max_model_len: int = Field(
         default=2048, ge=16, le=1_048_576, description="Prompt + output tokens. Default: 2048."
@@ -55,8 +67,10 @@ class ServedModel(ApiModel):
 class GpuOffer(ApiModel):
     """A GPU type the pool may use, with what it costs and how many can be had."""
 
-    name: GpuTypeName = Field(description="GPU product, e.g. H100, L4, or cpu.")
-    price_per_hour: float = Field(ge=0, le=1e5, description="Cost of one GPU for an hour.")
+    gpu_type: GpuType
+    price_per_hour: Money = Field(
+        description='Cost of one GPU (of one replica with gpuType cpu) for an hour, e.g. "3.50".'
+    )
     available: int = Field(default=8, ge=0, le=100000, description="At most this many. Default: 8.")
 
 
@@ -72,8 +86,8 @@ class Slo(ApiModel):
 
 
 class AutoscalingPolicy(StrEnum):
-    NONE = "none"
-    SLO_COST = "slo-cost"
+    NONE = "None"
+    SLO_COST = "SloCost"
 
 
 class Autoscaling(ApiModel):
@@ -81,13 +95,13 @@ class Autoscaling(ApiModel):
 
     policy: AutoscalingPolicy = Field(
         default=AutoscalingPolicy.NONE,
-        description="slo-cost picks replica counts and GPU types that meet the SLOs at least "
-        "cost, within [minReplicas, maxReplicas]; none keeps spec.replicas. Default: none.",
+        description="SloCost picks replica counts and GPU types that meet the SLOs at least "
+        "cost, within [minReplicas, maxReplicas]; None keeps spec.replicas. Default: None.",
     )
     min_replicas: int = Field(default=1, ge=0, le=10000, description="Default: 1.")
     max_replicas: int = Field(default=4, ge=1, le=10000, description="Default: 4.")
-    budget_per_hour: float | None = Field(
-        default=None, gt=0, le=1e7, description="Never spend more than this per hour."
+    budget_per_hour: Money | None = Field(
+        default=None, description='Never spend more than this per hour, e.g. "20". Unset: no cap.'
     )
     scale_to_zero: bool = Field(default=False, description="Allow 0 replicas when idle.")
     scale_down_delay_seconds: int = Field(
@@ -103,20 +117,27 @@ class Autoscaling(ApiModel):
             )
         if self.min_replicas == 0 and not self.scale_to_zero:
             raise ValueError("spec.autoscaling.minReplicas=0 needs scaleToZero: true")
+        if self.budget_per_hour is not None and self.budget_per_hour == 0:
+            raise ValueError(
+                'spec.autoscaling.budgetPerHour must be more than "0"; leave it out for no cap'
+            )
         return self
 
 
 class MigrationPolicy(StrEnum):
-    LOAD_BALANCE = "load-balance"
-    DEFRAGMENT = "defragment"
-    PRIORITY = "priority"
+    LOAD_BALANCE = "LoadBalance"
+    DEFRAGMENT = "Defragment"
+    PRIORITY = "Priority"
 
 
 class Migration(ApiModel):
     """Live migration of running requests between replicas (after Llumnix)."""
 
     enabled: bool = Field(default=True, description="Default: true.")
-    policy: MigrationPolicy = Field(default=MigrationPolicy.LOAD_BALANCE, description="Default.")
+    policy: MigrationPolicy = Field(
+        default=MigrationPolicy.LOAD_BALANCE,
+        description="LoadBalance, Defragment or Priority. Default: LoadBalance.",
+    )
     max_concurrent: int = Field(
         default=2, ge=1, le=64, description="Migrations in flight per replica. Default: 2."
     )
@@ -126,36 +147,37 @@ class ModelPoolSpec(ApiModel):
     """The desired serving pool."""
 
     models: list[ServedModel] = Field(
-        min_length=1, max_length=16, description="Models served, 1 to 16."
+        min_length=1,
+        max_length=16,
+        description="Models served, 1 to 16.",
+        json_schema_extra=list_map("name"),
     )
     replicas: int = Field(
         default=1, ge=0, le=10000, description="Desired replicas (the scale subresource)."
     )
     gpu_types: list[GpuOffer] = Field(
-        default_factory=lambda: [GpuOffer(name="cpu", price_per_hour=0.0)],
+        default_factory=lambda: [GpuOffer(gpu_type=CPU_TYPE, price_per_hour=Decimal(0))],
         min_length=1,
         max_length=16,
         description="GPU types the pool may use, with price and availability. Default: cpu.",
+        json_schema_extra=list_map("gpuType"),
     )
     slo: Slo = Field(default_factory=Slo)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     migration: Migration = Field(default_factory=Migration)
     auth: Auth = Field(description="API keys callers must present, or mode None.")
+    pod: Pod = None
 
     _require_auth = model_validator(mode="before")(require_auth)
 
     @model_validator(mode="after")
     def _check_names(self) -> Self:
         served = [m.name for m in self.models] + [a.name for m in self.models for a in m.adapters]
-        for field, names in (
-            ("models", served),
-            ("gpuTypes", [g.name for g in self.gpu_types]),
-        ):
-            if len(set(names)) != len(names):
-                raise ValueError(
-                    f"spec.{field}: names (of models and their adapters) must be unique; "
-                    f"got {names}"
-                )
+        if len(set(served)) != len(served):
+            raise ValueError(
+                f"spec.models: names (of models and their adapters) must be unique; got {served}"
+            )
+        require_unique("spec.gpuTypes", "gpuType", [g.gpu_type for g in self.gpu_types])
         if sum(g.available for g in self.gpu_types) == 0:
             raise ValueError("spec.gpuTypes: at least one type needs available > 0")
         return self
@@ -180,8 +202,16 @@ class ModelPoolStatus(BaseStatus):
     slo_attainment: float | None = Field(
         default=None, ge=0, le=1, description="Share of recent requests within both SLOs."
     )
-    cost_per_hour: float = Field(default=0.0, ge=0, description="What the replicas cost now.")
+    cost_per_hour: Money = Field(
+        default=Decimal(0), description="What the ready replicas cost per hour now."
+    )
     migrations: int = Field(
         default=0, ge=0, description="Live request migrations the running pool has performed."
     )
     workload: str = Field(default="", max_length=253, description="Name of the child workload.")
+    selector: str = Field(
+        default="",
+        max_length=1024,
+        description="Label selector of the pool's pods (the scale subresource's "
+        "labelSelectorPath), for HorizontalPodAutoscalers and KEDA.",
+    )

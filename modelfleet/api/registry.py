@@ -93,7 +93,7 @@ KINDS: tuple[KindInfo, ...] = (
             *READY_COLUMNS,
             PrinterColumn("Replicas", ".status.replicas", "integer", "Ready replicas"),
             PrinterColumn("Desired", ".spec.replicas", "integer", "Desired replicas"),
-            PrinterColumn("Cost/h", ".status.costPerHour", "number", "Cost per hour now"),
+            PrinterColumn("Cost/h", ".status.costPerHour", "string", "Cost per hour now"),
             PrinterColumn("Endpoint", ".status.endpoint", priority=1),
             PrinterColumn("Migrations", ".status.migrations", "integer", priority=1),
             AGE_COLUMN,

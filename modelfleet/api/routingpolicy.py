@@ -8,15 +8,24 @@ from typing import Annotated, Self
 from pydantic import Field, StringConstraints, model_validator
 
 from modelfleet.api.auth import Auth, require_auth
-from modelfleet.api.common import ApiModel, BaseStatus, Name, StatusModel
+from modelfleet.api.common import (
+    ApiModel,
+    BaseStatus,
+    Money,
+    Name,
+    StatusModel,
+    list_map,
+    require_unique,
+)
+from modelfleet.api.pods import Pod
 
 
 class Strategy(StrEnum):
-    COST_OF_PASS = "cost-of-pass"
-    CAPABILITY = "capability"
-    CASCADE = "cascade"
-    WEIGHTED = "weighted"
-    LEAST_LATENCY = "least-latency"
+    COST_OF_PASS = "CostOfPass"
+    CAPABILITY = "Capability"
+    CASCADE = "Cascade"
+    WEIGHTED = "Weighted"
+    LEAST_LATENCY = "LeastLatency"
 
 
 class RouteTarget(ApiModel):
@@ -25,14 +34,12 @@ class RouteTarget(ApiModel):
     name: Name = Field(description="How the rest of this policy refers to the target.")
     pool: Name = Field(description="A ModelPool in the same namespace.")
     model: Name = Field(description="A model served by that pool.")
-    weight: float = Field(default=1.0, ge=0, le=1e6, description="With strategy=weighted.")
-    cost_per_1k_tokens: float | None = Field(
+    weight: float = Field(default=1.0, ge=0, le=1e6, description="With strategy Weighted.")
+    cost_per_1k_tokens: Money | None = Field(
         default=None,
-        ge=0,
-        le=1e6,
         alias="costPer1kTokens",
-        description="Price of 1000 prompt plus completion tokens on this target. Required by "
-        "strategy=cost-of-pass and by objectives.maxCostPer1kTokens.",
+        description='Price of 1000 prompt plus completion tokens on this target, e.g. "0.01". '
+        "Required by strategy CostOfPass and by objectives.maxCostPer1kTokens.",
     )
     reasoning: bool = Field(
         default=False,
@@ -47,12 +54,10 @@ class Objectives(ApiModel):
     min_quality: float = Field(
         default=0.0, ge=0, le=1, description="Expected success rate a route must reach."
     )
-    max_cost_per_1k_tokens: float | None = Field(
+    max_cost_per_1k_tokens: Money | None = Field(
         default=None,
-        gt=0,
-        le=1e6,
         alias="maxCostPer1kTokens",
-        description="Most a route may cost per 1000 tokens.",
+        description='Most a route may cost per 1000 tokens, e.g. "0.05".',
     )
     latency_budget_ms: float | None = Field(
         default=None, gt=0, le=3_600_000, description="End-to-end latency a route must meet."
@@ -91,15 +96,15 @@ class Cascade(ApiModel):
 
 
 class Difficulty(StrEnum):
-    EASY = "easy"
-    MEDIUM = "medium"
-    HARD = "hard"
+    EASY = "Easy"
+    MEDIUM = "Medium"
+    HARD = "Hard"
 
 
 class ThinkingBudget(ApiModel):
     """A cap on reasoning tokens for queries of one difficulty."""
 
-    difficulty: Difficulty = Field(description="easy, medium or hard.")
+    difficulty: Difficulty = Field(description="Easy, Medium or Hard.")
     max_tokens: int = Field(ge=0, le=1_000_000, description="Reasoning tokens allowed.")
 
 
@@ -107,12 +112,15 @@ class RoutingPolicySpec(ApiModel):
     """The desired routing behaviour."""
 
     targets: list[RouteTarget] = Field(
-        min_length=1, max_length=32, description="Models requests may go to, 1 to 32."
+        min_length=1,
+        max_length=32,
+        description="Models requests may go to, 1 to 32.",
+        json_schema_extra=list_map("name"),
     )
     strategy: Strategy = Field(
         default=Strategy.WEIGHTED,
-        description="weighted, least-latency, cost-of-pass, capability or cascade. "
-        "Default: weighted, the one strategy that needs no prices or quality data.",
+        description="Weighted, LeastLatency, CostOfPass, Capability or Cascade. "
+        "Default: Weighted, the one strategy that needs no prices or quality data.",
     )
     objectives: Objectives = Field(default_factory=Objectives)
     query_clusters: list[QueryCluster] = Field(
@@ -120,21 +128,27 @@ class RoutingPolicySpec(ApiModel):
         max_length=32,
         description="Kinds of query, by example. Quality is estimated per target and cluster "
         "(from capabilityProfiles, then from feedback); without clusters, per target.",
+        json_schema_extra=list_map("name"),
     )
     capability_profiles: list[CapabilityProfile] = Field(
         default_factory=list,
         max_length=1024,
         description="Prior success rates by target and query cluster; feedback refines them.",
+        json_schema_extra=list_map("target", "cluster"),
     )
-    cascade: Cascade | None = Field(default=None, description="Needed with strategy=cascade.")
+    cascade: Cascade | None = Field(default=None, description="Needed with strategy Cascade.")
     thinking_budgets: list[ThinkingBudget] = Field(
-        default_factory=list, max_length=3, description="Reasoning-token caps by difficulty."
+        default_factory=list,
+        max_length=3,
+        description="Reasoning-token caps by difficulty.",
+        json_schema_extra=list_map("difficulty"),
     )
     fallback: Name | None = Field(default=None, description="Target used when none qualifies.")
     auth: Auth = Field(
         description="API keys callers must present, or mode None. The router forwards the "
         "caller's key to the pools, so they accept the same keys (or check none)."
     )
+    pod: Pod = None
 
     _require_auth = model_validator(mode="before")(require_auth)
 
@@ -157,23 +171,23 @@ class RoutingPolicySpec(ApiModel):
             if name not in known:
                 raise ValueError(f"{field}: '{name}' is not one of spec.targets {names}")
         if self.strategy is Strategy.CASCADE and self.cascade is None:
-            raise ValueError("spec.cascade is required with strategy=cascade")
+            raise ValueError("spec.cascade is required with strategy Cascade")
         if self.strategy is Strategy.CAPABILITY and not self.query_clusters:
             raise ValueError(
-                "spec.queryClusters is required with strategy=capability: the strategy picks "
+                "spec.queryClusters is required with strategy Capability: the strategy picks "
                 "the best target per kind of query"
             )
         if self.cascade is not None and self.strategy is not Strategy.CASCADE:
             raise ValueError(
-                f"spec.cascade is only read with strategy=cascade, not {self.strategy.value}; "
-                "remove it or set strategy: cascade"
+                f"spec.cascade is only read with strategy Cascade, not {self.strategy.value}; "
+                "remove it or set strategy: Cascade"
             )
         if self.thinking_budgets and not any(t.reasoning for t in self.targets):
             raise ValueError(
                 "spec.thinkingBudgets: no target has reasoning: true, so no budget would apply"
             )
         if self.strategy is Strategy.WEIGHTED and not any(t.weight > 0 for t in self.targets):
-            raise ValueError("spec.targets: strategy=weighted needs a target with weight > 0")
+            raise ValueError("spec.targets: strategy Weighted needs a target with weight > 0")
         difficulties = [b.difficulty for b in self.thinking_budgets]
         if len(set(difficulties)) != len(difficulties):
             raise ValueError("spec.thinkingBudgets: one entry per difficulty")
@@ -183,6 +197,11 @@ class RoutingPolicySpec(ApiModel):
         clusters = [c.name for c in self.query_clusters]
         if len(set(clusters)) != len(clusters):
             raise ValueError(f"spec.queryClusters: names must be unique; got {clusters}")
+        require_unique(
+            "spec.capabilityProfiles",
+            "target/cluster",
+            [f"{p.target}/{p.cluster}" for p in self.capability_profiles],
+        )
         for profile in self.capability_profiles:
             if profile.cluster not in clusters:
                 raise ValueError(
@@ -196,7 +215,7 @@ class RoutingPolicySpec(ApiModel):
             return
         if self.strategy is Strategy.COST_OF_PASS:
             raise ValueError(
-                f"spec.targets.costPer1kTokens is required with strategy=cost-of-pass; "
+                f"spec.targets.costPer1kTokens is required with strategy CostOfPass; "
                 f"missing on {unpriced}"
             )
         if self.objectives.max_cost_per_1k_tokens is not None:
@@ -235,12 +254,17 @@ class RoutingPolicyStatus(BaseStatus):
     observed_quality: float | None = Field(
         default=None, ge=0, le=1, description="Measured success rate of routed requests."
     )
-    observed_cost_per_1k_tokens: float | None = Field(
-        default=None, ge=0, alias="observedCostPer1kTokens", description="Measured cost."
+    observed_cost_per_1k_tokens: Money | None = Field(
+        default=None,
+        alias="observedCostPer1kTokens",
+        description="Measured cost of 1000 tokens of routed requests.",
     )
     ready_targets: int = Field(default=0, ge=0, description="Targets whose pool is Ready.")
     targets: list[TargetObservation] = Field(
-        default_factory=list, max_length=32, description="Per target, as the router sees it."
+        default_factory=list,
+        max_length=32,
+        description="Per target, as the router sees it.",
+        json_schema_extra=list_map("name"),
     )
     profiles: list[LearnedProfile] = Field(
         default_factory=list,

@@ -7,6 +7,7 @@ crash at any point converges to one child with the current spec.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from modelfleet.api.pods import PodOverrides
 from modelfleet.artifacts.uri import PVC_MOUNT_ROOT
 from modelfleet.backends.base import Owner, spec_hash
 from modelfleet.core.ttl import Ttl
@@ -25,6 +27,7 @@ from modelfleet.core.workload import (
     API_KEYS_ARG,
     API_KEYS_MOUNT,
     GPU_PRODUCT_LABEL,
+    WORKLOAD_LABEL,
     ApplyResult,
     Observation,
     WorkerGroup,
@@ -47,12 +50,13 @@ KUBERAY_NAMESPACE = "kuberay-system"
 """Where the KubeRay operator runs unless told otherwise (its Helm chart's usual namespace)."""
 KUBERAY_NOT_INSTALLED = "KubeRayNotInstalled"
 NAME_CONFLICT = "NameConflict"
-WORKLOAD_LABEL = "modelfleet.io/workload"
-"""On every Ray pod template: the workload's name, which its NetworkPolicy selects."""
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 API_KEYS_VOLUME = "api-keys"
 RAY_GROUP = 100
 """The group of the runtime image's user (1000:100, as in rayproject/ray)."""
+DEFAULT_REQUESTS = {"cpu": "1", "memory": "2Gi"}
+"""What a Ray container requests unless ``spec.pod.resources`` says otherwise."""
+REQUIRED_NODE_AFFINITY = "requiredDuringSchedulingIgnoredDuringExecution"
 
 
 def _pod_security() -> dict[str, Any]:
@@ -78,20 +82,18 @@ def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str
     """A Ray container. A job's config is in its environment; a service's travels only in
     its serveConfigV2, which KubeRay applies to the running cluster: in the pods it would
     change the pod template on every scale, and KubeRay would start a new RayCluster."""
-    resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "2Gi"}}
-    if gpus:
-        resources["limits"] = {"nvidia.com/gpu": gpus}
     container: dict[str, Any] = {
         "name": name,
         "image": image,
-        "resources": resources,
+        "resources": _resources(gpus, workload.pod),
         "securityContext": _container_security(),
     }
     if workload.kind is WorkloadKind.JOB:
         config = json.dumps(workload.config, sort_keys=True)
         container["env"] = [{"name": "MODELFLEET_WORKLOAD_CONFIG", "value": config}]
-    if workload.credential_secrets:
-        container["envFrom"] = [{"secretRef": {"name": s}} for s in workload.credential_secrets]
+    secrets = _env_secrets(workload)
+    if secrets:
+        container["envFrom"] = [{"secretRef": {"name": s}} for s in secrets]
     mounts = [
         {
             "name": _volume_name(claim),
@@ -105,6 +107,37 @@ def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str
     if mounts:
         container["volumeMounts"] = mounts
     return container
+
+
+def _resources(gpus: int, overrides: PodOverrides | None) -> dict[str, Any]:
+    """The default cpu and memory requests with the spec's over them, and the planned GPUs.
+    A limit set without its request drops the default request: Kubernetes then requests
+    the limit, which the default could exceed."""
+    requests: dict[str, Any] = dict(DEFAULT_REQUESTS)
+    limits: dict[str, Any] = {}
+    if overrides is not None:
+        own_limits = overrides.resources.limits.to_wire()
+        requests = {k: v for k, v in requests.items() if k not in own_limits}
+        requests.update(overrides.resources.requests.to_wire())
+        limits.update(own_limits)
+    if gpus:
+        limits["nvidia.com/gpu"] = gpus
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources
+
+
+def _env_secrets(workload: Workload) -> list[str]:
+    """Secrets whose keys become a Ray container's environment: the artifacts' credentials,
+    then ``spec.pod.credentialsSecret`` unless it is one of them."""
+    secrets = list(workload.credential_secrets)
+    own = workload.pod.credentials_secret if workload.pod else None
+    if own and own not in secrets:
+        secrets.append(own)
+    return secrets
 
 
 def _volume_name(claim: str) -> str:
@@ -137,8 +170,56 @@ def _pod(container: dict[str, Any], workload: Workload) -> dict[str, Any]:
 
 
 def _template(pod: dict[str, Any], workload: Workload) -> dict[str, Any]:
-    """A pod template labelled with its workload, the label NetworkPolicies select."""
+    """A pod template labelled with its workload, the label NetworkPolicies select, with
+    the spec's pod overrides applied over what the operator planned."""
+    if workload.pod is not None:
+        _apply_overrides(pod, workload.pod)
     return {"metadata": {"labels": {WORKLOAD_LABEL: workload.name}}, "spec": pod}
+
+
+def _apply_overrides(pod: dict[str, Any], overrides: PodOverrides) -> None:
+    """Add ``spec.pod``'s scheduling, identity and image pulls to ``pod``. Tolerations
+    join the operator's and the affinity is merged with its GPU node affinity, so a pod
+    still lands on, and only on, the GPU type it was planned for."""
+    tolerations = [toleration.to_wire() for toleration in overrides.tolerations]
+    if tolerations:
+        pod["tolerations"] = [*pod.get("tolerations", []), *tolerations]
+    if overrides.affinity is not None:
+        pod["affinity"] = _merge_affinity(pod.get("affinity"), overrides.affinity)
+    if overrides.service_account_name is not None:
+        pod["serviceAccountName"] = overrides.service_account_name
+    if overrides.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in overrides.image_pull_secrets]
+
+
+def _merge_affinity(own: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` (a spec's Affinity) with the operator's required node affinity ``own``
+    kept: node selector terms are ORed, so every term of ``extra`` gets ``own``'s match
+    expressions and fields; pod (anti-)affinity and preferred terms pass through."""
+    merged = copy.deepcopy(extra)
+    own_required = ((own or {}).get("nodeAffinity") or {}).get(REQUIRED_NODE_AFFINITY)
+    if own_required is None:
+        return merged
+    node = merged.setdefault("nodeAffinity", {})
+    extra_terms = (node.get(REQUIRED_NODE_AFFINITY) or {}).get("nodeSelectorTerms") or [{}]
+    node[REQUIRED_NODE_AFFINITY] = {
+        "nodeSelectorTerms": [
+            _and_terms(term, own_term)
+            for term in extra_terms
+            for own_term in own_required["nodeSelectorTerms"]
+        ]
+    }
+    return merged
+
+
+def _and_terms(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """One node selector term that matches where both do (requirements in a term are ANDed)."""
+    term: dict[str, Any] = {}
+    for key in ("matchExpressions", "matchFields"):
+        requirements = [*first.get(key, []), *copy.deepcopy(second.get(key, []))]
+        if requirements:
+            term[key] = requirements
+    return term
 
 
 GpuProducts = Mapping[str, tuple[str, ...]]
@@ -324,46 +405,150 @@ def render_network_policy(
     }
 
 
+JOB_FAILED = "RayJobFailed"
+SERVE_DEPLOY_FAILED = "ServeDeployFailed"
+FINAL_FAILED_DEPLOYMENTS = ("Failed", "ValidationFailed")
+"""KubeRay's jobDeploymentStatus values for a RayJob it gave up on: the Ray job failed (reason
+AppFailed), could not be submitted (SubmissionFailed), ran out of time (DeadlineExceeded), or
+the spec was invalid (ValidationFailed)."""
+UNSUCCESSFUL_JOB_STATUSES = ("FAILED", "STOPPED")
+REPLICA_FAILURE = "ReplicaFailure"
+"""The RayCluster condition KubeRay sets when it cannot create the head or worker pods."""
+
+
+def _true_condition(conditions: list[dict[str, Any]] | None, kind: str) -> dict[str, Any] | None:
+    """The condition of type ``kind`` when its status is True."""
+    return next(
+        (c for c in conditions or [] if c.get("type") == kind and c.get("status") == "True"),
+        None,
+    )
+
+
+def _describe_cluster_problem(cluster_status: dict[str, Any] | None) -> str:
+    """What keeps a RayCluster (as embedded in a RayJob's or RayService's status) from
+    starting its pods, or "" when nothing does."""
+    failure = _true_condition((cluster_status or {}).get("conditions"), REPLICA_FAILURE)
+    if failure is None:
+        return ""
+    return (
+        f"; its RayCluster cannot create pods ({failure.get('reason')}): {failure.get('message')}"
+    )
+
+
+def _job_failure(status: dict[str, Any]) -> str:
+    """Why KubeRay gave up on a RayJob, in its own words."""
+    job = status.get("jobStatus") or "unset"
+    why = status.get("reason") or f"jobStatus={job}"
+    message = status.get("message") or (
+        "the Ray job was stopped" if job == "STOPPED" else "no message from KubeRay"
+    )
+    return f"the RayJob failed ({why}): {message}"
+
+
+def _job_waiting(status: dict[str, Any]) -> str:
+    """Where a RayJob KubeRay is still working on stands."""
+    deployment = status.get("jobDeploymentStatus") or "unset"
+    message = status.get("message")
+    return (
+        f"waiting for the RayJob: jobDeploymentStatus={deployment}, "
+        f"jobStatus={status.get('jobStatus') or 'unset'}"
+        + (f": {message}" if message else "")
+        + _describe_cluster_problem(status.get("rayClusterStatus"))
+    )
+
+
 def observe_rayjob(obj: dict[str, Any]) -> Observation:
-    """Map a RayJob's status (jobDeploymentStatus, jobStatus) onto a workload state."""
+    """Map a RayJob's status, as KubeRay v1.7 writes it, onto a workload state.
+
+    ``jobDeploymentStatus`` says whether KubeRay is done with the job: Complete (the Ray job
+    ended SUCCEEDED or STOPPED) and Failed / ValidationFailed are final. A FAILED
+    ``jobStatus`` alone is not: KubeRay may still retry (Retrying, under spec.backoffLimit).
+    """
     status = obj.get("status") or {}
     deployment = status.get("jobDeploymentStatus", "")
     job = status.get("jobStatus", "")
-    message = status.get("message", "")
-    if job == "SUCCEEDED" or (deployment == "Complete" and job not in ("FAILED", "STOPPED")):
-        return Observation(WorkloadState.SUCCEEDED, "Succeeded", message or "the job finished")
-    if deployment == "Failed" or job in ("FAILED", "STOPPED"):
-        return Observation(WorkloadState.FAILED, "RayJobFailed", message or f"jobStatus={job}")
+    if deployment in FINAL_FAILED_DEPLOYMENTS or (
+        deployment == "Complete" and job in UNSUCCESSFUL_JOB_STATUSES
+    ):
+        return Observation(WorkloadState.FAILED, JOB_FAILED, _job_failure(status))
+    if deployment == "Complete" or job == "SUCCEEDED":
+        message = status.get("message") or "the Ray job succeeded"
+        return Observation(WorkloadState.SUCCEEDED, "Succeeded", message)
     if deployment == "Running" and job == "RUNNING":
         return Observation(WorkloadState.RUNNING, "Running", "the Ray job is running")
-    return Observation(
-        WorkloadState.PENDING,
-        "RayJobStarting",
-        f"waiting for the RayJob: jobDeploymentStatus={deployment or 'unset'}, "
-        f"jobStatus={job or 'unset'}",
-    )
+    return Observation(WorkloadState.PENDING, "RayJobStarting", _job_waiting(status))
+
+
+def _application(service_status: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """The Serve application ``name`` in a RayService's active or pending service status."""
+    applications = (service_status or {}).get("applicationStatuses") or {}
+    return cast(dict[str, Any], applications.get(name) or {})
+
+
+def _describe_application(app: dict[str, Any], name: str) -> str:
+    """``; application <name> is <STATUS>: <message>``, or "" before Serve reports it."""
+    if not app.get("status"):
+        return ""
+    message = app.get("message")
+    return f"; application {name} is {app['status']}" + (f": {message}" if message else "")
+
+
+def _service_ready(status: dict[str, Any]) -> bool:
+    """KubeRay's Ready condition (True once the Serve service has endpoints); serviceStatus,
+    which KubeRay keeps in step with it, where no conditions are written."""
+    conditions = status.get("conditions")
+    if conditions:
+        return _true_condition(conditions, "Ready") is not None
+    return bool(status.get("serviceStatus") == "Running")
+
+
+def _service_waiting(status: dict[str, Any], app: dict[str, Any], name: str) -> str:
+    """Where a RayService that does not serve yet stands."""
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready is None:
+        summary = f"serviceStatus={status.get('serviceStatus') or 'unset'}"
+    else:
+        summary = f"Ready={ready.get('status')} ({ready.get('reason')}: {ready.get('message')})"
+    clusters = (status.get(key) or {} for key in ("activeServiceStatus", "pendingServiceStatus"))
+    problems = "".join(_describe_cluster_problem(c.get("rayClusterStatus")) for c in clusters)
+    return f"waiting for the RayService: {summary}" + _describe_application(app, name) + problems
+
+
+def _describe_upgrade(status: dict[str, Any], name: str) -> str:
+    """While KubeRay brings up a new RayCluster for a changed spec, how that goes."""
+    if _true_condition(status.get("conditions"), "UpgradeInProgress") is None:
+        return ""
+    pending = _application(status.get("pendingServiceStatus"), name)
+    return "; moving to a new RayCluster" + _describe_application(pending, name)
 
 
 def observe_rayservice(obj: dict[str, Any], workload: Workload) -> Observation:
-    """Map a RayService's status onto a workload state with ready replicas by GPU type."""
+    """Map a RayService's status, as KubeRay v1.7 writes it, onto a workload state with
+    ready replicas by GPU type: the Ready condition and numServeEndpoints for serving, the
+    active cluster's Serve application (named after the workload) for a failed deployment."""
     status = obj.get("status") or {}
-    ready_condition = any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
-    )
-    if not (ready_condition or status.get("serviceStatus") == "Running"):
+    name = workload.name
+    app = _application(status.get("activeServiceStatus"), name)
+    if app.get("status") == "DEPLOY_FAILED":
         return Observation(
-            WorkloadState.PENDING,
-            "RayServiceStarting",
-            f"waiting for the RayService: serviceStatus={status.get('serviceStatus') or 'unset'}",
+            WorkloadState.FAILED,
+            SERVE_DEPLOY_FAILED,
+            f"Ray Serve could not deploy application {name}: "
+            f"{app.get('message') or 'no message from Ray Serve'}",
+        )
+    if not _service_ready(status):
+        return Observation(
+            WorkloadState.PENDING, "RayServiceStarting", _service_waiting(status, app, name)
         )
     ready = distribute_ready(workload.worker_groups, int(status.get("numServeEndpoints", 0)))
     namespace = obj["metadata"]["namespace"]
+    unhealthy = _describe_application(app, name) if app.get("status") != "RUNNING" else ""
     return Observation(
         WorkloadState.RUNNING,
         "Serving",
-        f"{sum(ready.values())} replica(s) serving",
+        f"{sum(ready.values())} replica(s) serving" + unhealthy + _describe_upgrade(status, name),
         ready_replicas=ready,
-        endpoint=f"http://{workload.name}-serve-svc.{namespace}.svc:{SERVE_PORT}/v1",
+        endpoint=f"http://{name}-serve-svc.{namespace}.svc:{SERVE_PORT}/v1",
     )
 
 
@@ -387,10 +572,25 @@ def _without_replicas(cluster: dict[str, Any]) -> dict[str, Any]:
     return {**cluster, "workerGroupSpecs": groups}
 
 
+def rendered_part(stored: Any, rendered: Any) -> Any:
+    """``stored`` (as read back) reduced to the keys ``rendered`` has, at every depth: what
+    the API server filled in from KubeRay's schema defaults (``numOfHosts``, ``priority``,
+    port protocols...) drops out, so it does not read as a change of ours."""
+    if isinstance(stored, dict) and isinstance(rendered, dict):
+        return {key: rendered_part(stored[key], rendered[key]) for key in rendered if key in stored}
+    if isinstance(stored, list) and isinstance(rendered, list):
+        pairs = zip(stored, rendered, strict=False)
+        return [rendered_part(s, r) for s, r in pairs] + stored[len(rendered) :]
+    return stored
+
+
 def cluster_change(old: dict[str, Any], new: dict[str, Any]) -> ClusterChange:
-    """How KubeRay takes a RayService's ``rayClusterConfig`` going from ``old`` to ``new``:
-    equal but for replica counts is no new cluster, nor are worker groups appended at the
-    end; anything else (a pod template, a removed group) is a new RayCluster."""
+    """How KubeRay takes a RayService's ``rayClusterConfig`` going from ``old`` (as stored,
+    with the server's defaults) to ``new`` (as rendered): equal but for replica counts is
+    no new cluster, nor are worker groups appended at the end; anything else (a pod
+    template, a removed group) is a new RayCluster. KubeRay compares two stored specs,
+    which carry the same defaults, so the defaults are left out of ``old`` here."""
+    old = rendered_part(old, new)
     if _without_replicas(old) == _without_replicas(new):
         return ClusterChange.NONE
     groups = len(old.get("workerGroupSpecs", []))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from modelfleet.api.pods import PodOverrides
+
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 """Set by NVIDIA GPU feature discovery on every GPU node."""
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -21,6 +23,14 @@ API_KEYS_ARG = "apiKeysDir"
 file per key in a Secret volume's layout. Backends set it; absent, keys are not checked."""
 API_KEYS_MOUNT = "/etc/modelfleet/api-keys"
 """Where runtime pods on a cluster mount a workload's API keys Secret."""
+WORKLOAD_LABEL = "modelfleet.io/workload"
+"""On every runtime pod on a cluster: the workload's name, which its NetworkPolicy and
+the owner's ``status.selector`` select."""
+
+
+def workload_selector(name: str) -> str:
+    """The label selector, in string form, of the pods of workload ``name``."""
+    return f"{WORKLOAD_LABEL}={name}"
 
 
 def gpu_selector(gpu_type: str) -> tuple[tuple[str, str], ...]:
@@ -51,6 +61,8 @@ class Workload:
     mounted read-only into the runtime pods at ``/mnt/pvc/<claim>`` (pvc:// artifacts);
     ``api_keys_secret`` is the Secret of the API keys a service checks ("" for none), which
     the backend puts where the service reads them (see :data:`API_KEYS_ARG`).
+    ``pod`` are the spec's overrides of the runtime pods, which only a backend that
+    renders pods applies.
     ``restore`` is state a *new* deployment starts from (what a router learned): it joins
     ``config`` when the workload is created, but a change to it alone redeploys nothing."""
 
@@ -62,6 +74,7 @@ class Workload:
     credential_secrets: tuple[str, ...] = ()
     claims: tuple[str, ...] = ()
     api_keys_secret: str = ""
+    pod: PodOverrides | None = None
     restore: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 

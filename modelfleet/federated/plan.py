@@ -5,7 +5,6 @@ from __future__ import annotations
 from modelfleet.api.fedjob import FedJobSpec
 from modelfleet.core.names import child_name
 from modelfleet.core.workload import (
-    CPU,
     Blocked,
     Workload,
     WorkloadKind,
@@ -22,7 +21,7 @@ def find_unplaceable_client(spec: FedJobSpec, inventory: Inventory) -> Blocked |
     """The first client whose GPUs no single node can provide, named with the numbers."""
     for index, client in enumerate(spec.clients):
         gpus, gpu_type = client.resources.gpus, client.resources.gpu_type
-        if gpu_type == CPU or gpus == 0:
+        if gpus == 0:
             continue
         product = canonical_product(gpu_type)
         largest = max((n.gpu_count for n in inventory.nodes if n.gpu.product == product), default=0)
@@ -56,4 +55,5 @@ def plan_fedjob(name: str, spec: FedJobSpec, inventory: Inventory | None) -> Wor
         entrypoint=ENTRYPOINT,
         config=spec.to_wire(),
         worker_groups=group_workers(requests),
+        pod=spec.pod,
     )

@@ -28,7 +28,7 @@ PLACEMENT_KEY = "placement"
 def _group_by_gpu_type(spec: FusionJobSpec) -> tuple[WorkerGroup, ...]:
     """Workers grouped by GPU type, one GPU each: used when no placement is planned."""
     requests: list[WorkerRequest] = [
-        (request.gpu_type, 1 if request.count else 0, gpu_selector(request.gpu_type))
+        (request.gpu_type, 1 if request.gpus else 0, gpu_selector(request.gpu_type))
         for request in spec.resources
         for _ in range(max(request.count, 1))
     ]
@@ -44,14 +44,15 @@ def plan_fusionjob(
     job = child_name(name, "fusion")
     uses_gpus = any(r.count for r in spec.resources if r.gpu_type != CPU)
     if inventory is None or not uses_gpus or describe_model(spec) is None:
-        return Workload(job, WorkloadKind.JOB, ENTRYPOINT, spec.to_wire(), _group_by_gpu_type(spec))
+        groups = _group_by_gpu_type(spec)
+        return Workload(job, WorkloadKind.JOB, ENTRYPOINT, spec.to_wire(), groups, pod=spec.pod)
     placement = place_training(spec, inventory)
     if isinstance(placement, Blocked):
         return placement
     summary = summarize(placement).to_wire()
     summary["rankNodes"] = list(placement.rank_nodes)
     config = {**spec.to_wire(), PLACEMENT_KEY: summary}
-    return Workload(job, WorkloadKind.JOB, ENTRYPOINT, config, pin_workers(placement))
+    return Workload(job, WorkloadKind.JOB, ENTRYPOINT, config, pin_workers(placement), pod=spec.pod)
 
 
 def compute_fusionjob_status(

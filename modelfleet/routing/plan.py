@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from modelfleet.api.common import parse_money
 from modelfleet.api.routingpolicy import (
     LearnedProfile,
     RoutingPolicySpec,
@@ -56,6 +58,7 @@ def plan_router(
         config=config,
         worker_groups=(),
         api_keys_secret=spec.auth.secret_name or "",
+        pod=spec.pod,
         restore={"learned": [p.to_wire() for p in learned]},
     )
 
@@ -148,8 +151,14 @@ def compute_routingpolicy_status(
             decisions=stats.get("decisions", {}),
             targets=targets,
             observed_quality=stats.get("observedQuality"),
-            observed_cost_per_1k_tokens=stats.get("observedCostPer1kTokens"),
+            observed_cost_per_1k_tokens=_observed_cost(stats),
             feedback=int(stats.get("feedback", 0)),
             profiles=[LearnedProfile.model_validate(p) for p in stats.get("profiles", [])],
         )
     return settle_status(previous, verdicts, generation, now, **fields)
+
+
+def _observed_cost(stats: dict[str, Any]) -> Decimal | None:
+    """The router's measured cost of 1000 tokens: a decimal string, as the status has it."""
+    cost = stats.get("observedCostPer1kTokens")
+    return None if cost is None else parse_money(cost)

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 import httpx
@@ -232,7 +233,7 @@ class Router:
                 Candidate(
                     name=target.name,
                     success=self._book.success(target.name, cluster),
-                    cost_per_1k=target.cost_per_1k_tokens,
+                    cost_per_1k=_estimate(target.cost_per_1k_tokens),
                     weight=target.weight,
                     healthy=reachable and seen.healthy(now),
                     latency_ms=seen.latency_ms,
@@ -249,7 +250,7 @@ class Router:
             candidates=tuple(candidates),
             objectives=Objectives(
                 objectives.min_quality,
-                objectives.max_cost_per_1k_tokens,
+                _estimate(objectives.max_cost_per_1k_tokens),
                 objectives.latency_budget_ms,
             ),
             cascade=tuple(spec.cascade.order) if spec.cascade else (),
@@ -475,8 +476,8 @@ class Router:
                 self._telemetry[t.name].report(t.name, now) for t in self._config.policy.targets
             ],
             "observedQuality": self._ledger.quality(),
-            "observedCostPer1kTokens": self._ledger.cost_per_1k_tokens(),
-            "spend": {"tokens": self._ledger.tokens, "cost": self._ledger.cost},
+            "observedCostPer1kTokens": _money(self._ledger.cost_per_1k_tokens()),
+            "spend": {"tokens": self._ledger.tokens, "cost": _money(self._ledger.cost)},
             "feedback": self._ledger.trials,
             "profiles": self._book.export(),
         }
@@ -498,6 +499,17 @@ def _client_error(status: int, body: Any) -> ApiError:
     return ApiError(
         status, str(error.get("message", body)), param=error.get("param"), code=error.get("code")
     )
+
+
+def _estimate(money: Decimal | None) -> float | None:
+    """A price in the strategies' units: they weigh expectations, which floats serve, while
+    the ledger books the exact decimals."""
+    return None if money is None else float(money)
+
+
+def _money(amount: Decimal | None) -> str | None:
+    """An amount as the status carries it: a decimal string."""
+    return None if amount is None else format(amount, "f")
 
 
 def _forwarded(query: Query) -> dict[str, str]:

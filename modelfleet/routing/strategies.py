@@ -128,7 +128,7 @@ def route_weighted(ctx: RouteContext) -> Route:
         threshold -= candidate.weight
     rest = sorted((c for c in pool if c is not chosen), key=lambda c: -c.weight)
     order = [chosen.name, *(c.name for c in rest)]
-    reason = f"weighted: drew {chosen.name} (weight {chosen.weight:g} of {total:g})"
+    reason = f"{Strategy.WEIGHTED}: drew {chosen.name} (weight {chosen.weight:g} of {total:g})"
     return Route(close_with_fallback(order, ctx.fallback), reason)
 
 
@@ -148,7 +148,7 @@ def route_least_latency(ctx: RouteContext) -> Route:
     best = ranked[0]
     latency = observed_latency(best)
     seen = "not measured yet" if latency is None else f"{latency:.0f} ms observed"
-    reason = f"least-latency: {best.name} ({seen})"
+    reason = f"{Strategy.LEAST_LATENCY}: {best.name} ({seen})"
     return Route(close_with_fallback([c.name for c in ranked], ctx.fallback), reason)
 
 
@@ -161,7 +161,7 @@ def route_cost_of_pass(ctx: RouteContext) -> Route:
     if qualified:
         best = qualified[0]
         reason = (
-            f"cost-of-pass: {best.name} at {best.cost_of_pass():.4g} per correct answer "
+            f"{Strategy.COST_OF_PASS}: {best.name} at {best.cost_of_pass():.4g} per correct answer "
             f"(success {best.success:.2f})"
         )
         return Route(close_with_fallback([c.name for c in qualified], ctx.fallback), reason)
@@ -177,7 +177,8 @@ def route_capability(ctx: RouteContext) -> Route:
     )
     if ranked and ranked[0].success >= ctx.objectives.min_quality:
         best = ranked[0]
-        reason = f"capability: {best.name} (success {best.success:.2f} on this query's cluster)"
+        success = f"success {best.success:.2f} on this query's cluster"
+        reason = f"{Strategy.CAPABILITY}: {best.name} ({success})"
         return Route(close_with_fallback([c.name for c in ranked], ctx.fallback), reason)
     return _unqualified(ctx, pool)
 
@@ -186,7 +187,9 @@ def route_cascade(ctx: RouteContext) -> Route:
     """The cascade's order among usable targets; the router escalates on low confidence."""
     names = {c.name for c in usable(ctx.candidates)}
     order = [name for name in ctx.cascade if name in names] or list(ctx.cascade)
-    reason = f"cascade: {' -> '.join(order)} below confidence {ctx.confidence_threshold:g}"
+    reason = (
+        f"{Strategy.CASCADE}: {' -> '.join(order)} below confidence {ctx.confidence_threshold:g}"
+    )
     return Route(
         close_with_fallback(order, ctx.fallback),
         reason,

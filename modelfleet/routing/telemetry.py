@@ -4,12 +4,15 @@ health, decisions, cost and feedback."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 SMOOTHING = 0.2
 """Weight of the newest sample in the running means: recent enough to follow a pool that
 slows down, smooth enough that one slow answer does not reroute everything."""
 FAILURE_COOLDOWN_S = 10.0
 """How long a target that failed stays out of first choice before it is tried again."""
+COST_QUANTUM = Decimal("1e-9")
+"""The finest money the status reports (its decimal strings carry 9 fractional digits)."""
 
 
 def smooth(previous: float | None, sample: float) -> float:
@@ -64,18 +67,19 @@ class TargetTelemetry:
 
 @dataclass
 class Ledger:
-    """What routed requests cost and how often they were right, over the router's life."""
+    """What routed requests cost and how often they were right, over the router's life.
+    Money is kept in decimals, so a long-running router's total does not drift."""
 
     decisions: dict[str, int] = field(default_factory=dict)
     tokens: int = 0
-    cost: float = 0.0
+    cost: Decimal = Decimal(0)
     trials: int = 0
     successes: int = 0
 
-    def record_spend(self, tokens: int, cost_per_1k: float | None) -> None:
+    def record_spend(self, tokens: int, cost_per_1k: Decimal | None) -> None:
         """Tokens a target processed, answered or not (a cascade pays every stage)."""
         self.tokens += tokens
-        self.cost += (cost_per_1k or 0.0) * tokens / 1000.0
+        self.cost += (cost_per_1k or Decimal(0)) * tokens / 1000
 
     def record_decision(self, target: str) -> None:
         self.decisions[target] = self.decisions.get(target, 0) + 1
@@ -87,5 +91,8 @@ class Ledger:
     def quality(self) -> float | None:
         return self.successes / self.trials if self.trials else None
 
-    def cost_per_1k_tokens(self) -> float | None:
-        return 1000.0 * self.cost / self.tokens if self.tokens else None
+    def cost_per_1k_tokens(self) -> Decimal | None:
+        """The mean cost of 1000 routed tokens, to the status's precision."""
+        if not self.tokens:
+            return None
+        return (1000 * self.cost / self.tokens).quantize(COST_QUANTUM)

@@ -5,7 +5,7 @@
 * Any artifact URI (``file://``, ``pvc://``, ``s3://``, ``hf://``, ``zoo://``; see
   docs/artifacts.md) on the torch engine: a :class:`CheckpointModel`, a Hugging Face
   directory the replica materializes and loads, with its LoRA adapters.
-* ``engine: vllm``: a :class:`VllmModel`; ``hf://`` ids go to vLLM as they are (it
+* ``engine: VLLM``: a :class:`VllmModel`; ``hf://`` ids go to vLLM as they are (it
   downloads them), other URIs are materialized by the replica first.
 
 Resolution is pure: nothing is read or downloaded here, so the ingress and the operator
@@ -100,7 +100,7 @@ def resolve_vllm_model(uri: str, source: str) -> str:
     if uri.startswith(BUILTIN_SCHEME):
         raise ValueError(
             f"{source}.uri {uri!r}: builtin models run on the torch engine only; "
-            f"set {source}.engine: torch"
+            f"set {source}.engine: Torch"
         )
     parsed = parse_artifact_uri(uri, f"{source}.uri")
     if parsed.scheme == "hf" and parsed.revision is None:

@@ -44,7 +44,7 @@ def rope_settings(hf: dict[str, Any]) -> tuple[float, float]:
         return float(theta), float(params["factor"])
     raise ValueError(
         f"config.json: rope_type {kind!r} is not supported by the torch engine "
-        "(default and linear are); serve this model with engine: vllm"
+        "(default and linear are); serve this model with engine: VLLM"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from modelfleet.api.modelpool import GpuOffer, ModelPoolSpec, ModelPoolStatus, ReplicaCount
 from modelfleet.artifacts.uri import parse_artifact_uri
@@ -18,6 +19,7 @@ from modelfleet.core.workload import (
     distribute_ready,
     gpu_selector,
     worker_group_name,
+    workload_selector,
 )
 
 ENTRYPOINT = "modelfleet.serving.app"
@@ -31,14 +33,14 @@ def gpus_per_replica(spec: ModelPoolSpec) -> int:
     return sum(model.tensor_parallel for model in spec.models)
 
 
-def _units(offer_name: str, gpus: int) -> int:
+def _units(gpu_type: str, gpus: int) -> int:
     """Priced units one replica takes: CPU offers are priced per replica, GPU offers per GPU."""
-    return 1 if offer_name == CPU else gpus
+    return 1 if gpu_type == CPU else gpus
 
 
 def _capacity(offer: GpuOffer, gpus: int) -> int:
     """Replicas an offer can hold."""
-    return offer.available // _units(offer.name, gpus)
+    return offer.available // _units(offer.gpu_type, gpus)
 
 
 def assign_replicas(replicas: int, offers: list[GpuOffer], gpus: int) -> dict[str, int] | Blocked:
@@ -50,10 +52,13 @@ def assign_replicas(replicas: int, offers: list[GpuOffer], gpus: int) -> dict[st
     """
     placed: dict[str, int] = {}
     left = replicas
-    for offer in sorted(offers, key=lambda o: (o.price_per_hour * _units(o.name, gpus), o.name)):
+    by_price = sorted(
+        offers, key=lambda o: (o.price_per_hour * _units(o.gpu_type, gpus), o.gpu_type)
+    )
+    for offer in by_price:
         take = min(left, _capacity(offer, gpus))
         if take:
-            placed[offer.name] = take
+            placed[offer.gpu_type] = take
             left -= take
     if left:
         room = sum(_capacity(o, gpus) for o in offers)
@@ -65,10 +70,14 @@ def assign_replicas(replicas: int, offers: list[GpuOffer], gpus: int) -> dict[st
     return placed
 
 
-def hourly_cost(placed: dict[str, int], offers: list[GpuOffer], gpus: int) -> float:
-    """What the placed replicas cost per hour (CPU replicas are priced per replica)."""
-    price = {offer.name: offer.price_per_hour for offer in offers}
-    return sum(count * price[name] * (1 if name == CPU else gpus) for name, count in placed.items())
+def hourly_cost(placed: dict[str, int], offers: list[GpuOffer], gpus: int) -> Decimal:
+    """What the placed replicas cost per hour (CPU replicas are priced per replica), exact:
+    prices are decimals, so the sum carries no float rounding."""
+    price = {offer.gpu_type: offer.price_per_hour for offer in offers}
+    return sum(
+        (count * price[gpu_type] * _units(gpu_type, gpus) for gpu_type, count in placed.items()),
+        Decimal(0),
+    )
 
 
 def plan_modelpool(name: str, spec: ModelPoolSpec) -> Workload | Blocked:
@@ -81,11 +90,11 @@ def plan_modelpool(name: str, spec: ModelPoolSpec) -> Workload | Blocked:
         return placed
     groups = tuple(
         WorkerGroup(
-            name=worker_group_name(i, offer.name),
-            gpu_type=offer.name,
-            replicas=placed.get(offer.name, 0),
-            gpus_per_worker=0 if offer.name == CPU else gpus,
-            node_selector=gpu_selector(offer.name),
+            name=worker_group_name(i, offer.gpu_type),
+            gpu_type=offer.gpu_type,
+            replicas=placed.get(offer.gpu_type, 0),
+            gpus_per_worker=0 if offer.gpu_type == CPU else gpus,
+            node_selector=gpu_selector(offer.gpu_type),
         )
         for i, offer in enumerate(spec.gpu_types)
     )
@@ -100,6 +109,7 @@ def plan_modelpool(name: str, spec: ModelPoolSpec) -> Workload | Blocked:
         ),
         claims=artifact_claims(spec),
         api_keys_secret=spec.auth.secret_name or "",
+        pod=spec.pod,
     )
 
 
@@ -124,7 +134,8 @@ def compute_modelpool_status(
     generation: int,
     now: datetime,
 ) -> ModelPoolStatus:
-    """Ready replicas by model and GPU type, what they cost, migrations, and conditions."""
+    """Ready replicas by model and GPU type, what they cost, migrations, conditions, and
+    the selector of the pool's pods (the scale subresource's, for autoscalers)."""
     ready = observation.ready_replicas
     total = sum(ready.values())
     return compute_workload_status(
@@ -139,6 +150,7 @@ def compute_modelpool_status(
         cost_per_hour=hourly_cost(ready, spec.gpu_types, gpus_per_replica(spec)),
         migrations=observation.migrations,
         slo_attainment=observation.slo_attainment,
+        selector=workload_selector(workload.name),
     )
 
 

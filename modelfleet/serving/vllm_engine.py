@@ -572,12 +572,12 @@ def _structured_outputs_api(vllm: Any) -> tuple[str, Any]:
 def _import_vllm(model: VllmModel) -> Any:
     """The ``vllm`` module, or a :class:`VllmUnavailableError` naming the field and the fix."""
     fix = (
-        f"set {model.source}.engine: torch, or run the pool on GPU nodes with the gpu extra "
+        f"set {model.source}.engine: Torch, or run the pool on GPU nodes with the gpu extra "
         "installed (pip install 'modelfleet[gpu]')"
     )
     if not torch.cuda.is_available():
         raise VllmUnavailableError(
-            f"{model.source}.engine is vllm, but no CUDA device is visible to this replica; {fix}"
+            f"{model.source}.engine is VLLM, but no CUDA device is visible to this replica; {fix}"
         )
     try:
         import vllm
@@ -585,6 +585,6 @@ def _import_vllm(model: VllmModel) -> Any:
         import vllm.sampling_params
     except ImportError as error:
         raise VllmUnavailableError(
-            f"{model.source}.engine is vllm, but vLLM cannot be imported here ({error}); {fix}"
+            f"{model.source}.engine is VLLM, but vLLM cannot be imported here ({error}); {fix}"
         ) from error
     return vllm

@@ -1,4 +1,4 @@
-"""A ModelPool of ``engine: vllm`` on a real Ray Serve, driven over HTTP by the official
+"""A ModelPool of ``engine: VLLM`` on a real Ray Serve, driven over HTTP by the official
 ``openai`` client, serving the zoo model ``zoo://llama-arith``.
 
 Runs where a CUDA device and vLLM exist; skips elsewhere. The pool has one replica,
@@ -72,7 +72,7 @@ def pool(zoo_model: Path) -> Iterator[str]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     spec = {
         "models": [
-            {"name": MODEL, "uri": ZOO_URI, "engine": "vllm", "maxModelLen": max_model_len()}
+            {"name": MODEL, "uri": ZOO_URI, "engine": "VLLM", "maxModelLen": max_model_len()}
         ],
         "replicas": 1,
         "migration": {"enabled": False},

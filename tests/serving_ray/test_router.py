@@ -35,8 +35,8 @@ SPEC = {
     "auth": {"mode": "None"},
     "servingOptions": {"replicaNumCpus": 0.5, "controlIntervalS": 0.05},
 }
-BIG = {"name": "big", "pool": "p", "model": ZOO, "costPer1kTokens": 1.0}
-TINY = {"name": "tiny", "pool": "p", "model": MODEL, "costPer1kTokens": 0.1}
+BIG = {"name": "big", "pool": "p", "model": ZOO, "costPer1kTokens": "1.0"}
+TINY = {"name": "tiny", "pool": "p", "model": MODEL, "costPer1kTokens": "0.1"}
 QUESTIONS = [(a, b) for a, b in ((347, 85), (12, 709), (455, 31), (68, 240), (503, 96))]
 
 
@@ -113,7 +113,7 @@ def _rate(base: str, answer_id: str, correct: bool) -> httpx.Response:
 def test_cost_of_pass_moves_to_the_model_that_is_right(routers: Any) -> None:
     """Both targets start equally unknown, so the cheap one is tried; feedback that it is
     wrong drops it below minQuality, and the dearer, correct one takes over."""
-    policy = {"targets": [BIG, TINY], "strategy": "cost-of-pass", "objectives": {"minQuality": 0.3}}
+    policy = {"targets": [BIG, TINY], "strategy": "CostOfPass", "objectives": {"minQuality": 0.3}}
     base = routers("cop", policy)
     targets = []
     for a, b in QUESTIONS * 2:
@@ -125,7 +125,7 @@ def test_cost_of_pass_moves_to_the_model_that_is_right(routers: Any) -> None:
         assert _rate(base, answer.id, correct).json()["target"] == target
     assert (
         targets[0] == "tiny"
-        and "cost-of-pass" in _ask(base, "cop", 1, 2).headers["x-modelfleet-route"]
+        and "CostOfPass" in _ask(base, "cop", 1, 2).headers["x-modelfleet-route"]
     )
     assert targets[1:] == ["big"] * (len(targets) - 1), targets
     status = _status(base)
@@ -145,7 +145,7 @@ def test_cost_of_pass_moves_to_the_model_that_is_right(routers: Any) -> None:
 def test_a_failing_target_falls_through_and_streams_relay(routers: Any, pool: str) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
     heavy_dead = {**TINY, "weight": 1000.0}
-    policy = {"targets": [heavy_dead, {**BIG, "weight": 0.001}], "strategy": "weighted"}
+    policy = {"targets": [heavy_dead, {**BIG, "weight": 0.001}], "strategy": "Weighted"}
     base = routers("fall", policy, {"tiny": dead, "big": f"{pool}/v1"})
     whole = _ask(base, "fall", 347, 85)
     assert whole.headers["x-modelfleet-target"] == "big"
@@ -170,14 +170,14 @@ def test_a_failing_target_falls_through_and_streams_relay(routers: Any, pool: st
 
 def test_cascade_escalates_only_when_unsure(routers: Any) -> None:
     sure = {"order": ["tiny", "big"], "confidenceThreshold": 0.95}
-    base = routers("cascade", {"targets": [BIG, TINY], "strategy": "cascade", "cascade": sure})
+    base = routers("cascade", {"targets": [BIG, TINY], "strategy": "Cascade", "cascade": sure})
     raw = _ask(base, "cascade", 455, 31)
     assert raw.headers["x-modelfleet-target"] == "big"
     assert "escalated to big" in raw.headers["x-modelfleet-route"]
     assert raw.parse().choices[0].message.content == "486"
     assert raw.parse().choices[0].logprobs is None, "log-probabilities only when asked"
     lax = {"order": ["tiny", "big"], "confidenceThreshold": 0.0001}
-    base = routers("lax", {"targets": [BIG, TINY], "strategy": "cascade", "cascade": lax})
+    base = routers("lax", {"targets": [BIG, TINY], "strategy": "Cascade", "cascade": lax})
     raw = _ask(base, "lax", 455, 31)
     assert raw.headers["x-modelfleet-target"] == "tiny"
     assert re.search(r"stage 1 tiny confident", raw.headers["x-modelfleet-route"])
@@ -199,7 +199,7 @@ def test_capability_routes_each_kind_of_query_to_its_best_target(routers: Any) -
     ]
     policy = {
         "targets": [BIG, TINY],
-        "strategy": "capability",
+        "strategy": "Capability",
         "queryClusters": clusters,
         "capabilityProfiles": profiles,
     }

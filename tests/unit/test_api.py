@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from modelfleet.api.fusionjob import FusionJobSpec
 from modelfleet.api.modelpool import ModelPoolSpec, ModelPoolStatus
 from modelfleet.api.registry import KINDS, kind_by_name
 from modelfleet.api.routingpolicy import RoutingPolicySpec
+from tests.unit.ray_pods import EVERY_OVERRIDE
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 OPEN = {"mode": "None"}
@@ -88,9 +90,9 @@ def test_missing_required_field_is_named() -> None:
 
 
 def test_fedavg_cannot_mix_ranks_and_says_what_to_do() -> None:
-    message = _message(FedJobSpec, _fedjob(aggregation={"method": "fedavg"}))
-    assert message.startswith("spec.aggregation.method: fedavg")
-    assert "['a']" in message and "use method: flora" in message
+    message = _message(FedJobSpec, _fedjob(aggregation={"method": "FedAvg"}))
+    assert message.startswith("spec.aggregation.method: FedAvg")
+    assert "['a']" in message and "use method: FLoRA" in message
 
 
 def test_flora_mixes_ranks() -> None:
@@ -114,14 +116,18 @@ def test_fusion_rules() -> None:
         "target": {"uri": "builtin://t"},
         "output": {"uri": "s3://o"},
     }
-    assert "spec.data is required with method=distill" in _message(FusionJobSpec, base)
-    merge = {**base, "method": "merge", "merge": {"strategy": "ties"}}
-    assert "spec.merge.baseUri is required with strategy=ties" in _message(FusionJobSpec, merge)
+    assert "spec.data is required with method Distill" in _message(FusionJobSpec, base)
+    merge = {**base, "method": "Merge", "merge": {"strategy": "TIES"}}
+    assert "spec.merge.baseUri is required with strategy TIES" in _message(FusionJobSpec, merge)
     both = {**base, "data": {"uri": "s3://d", "synthetic": {"domains": ["math"]}}}
     assert "set exactly one of uri or synthetic" in _message(FusionJobSpec, both)
-    fixed = {**base, "data": {"uri": "s3://d"}, "training": {"sequenceParallel": {"mode": "fixed"}}}
+    fixed = {**base, "data": {"uri": "s3://d"}, "training": {"sequenceParallel": {"mode": "Fixed"}}}
     assert "sequenceParallel.degree is required" in _message(FusionJobSpec, fixed)
-    FusionJobSpec.model_validate({**base, "method": "merge"})
+    FusionJobSpec.model_validate({**base, "method": "Merge"})
+    gpus = [{"gpuType": "L4", "count": 2}, {"gpuType": "L4", "count": 1}]
+    assert "spec.resources: each gpuType may appear once; repeated: ['L4']" in (
+        _message(FusionJobSpec, {**base, "method": "Merge", "resources": gpus})
+    )
 
 
 def test_modelpool_rules() -> None:
@@ -130,17 +136,73 @@ def test_modelpool_rules() -> None:
     assert "minReplicas=5 exceeds maxReplicas=2" in _message(ModelPoolSpec, bounds)
     zero = {**base, "autoscaling": {"minReplicas": 0}}
     assert "needs scaleToZero: true" in _message(ModelPoolSpec, zero)
-    nothing = {**base, "gpuTypes": [{"name": "L4", "pricePerHour": 1, "available": 0}]}
+    nothing = {**base, "gpuTypes": [{"gpuType": "L4", "pricePerHour": "1", "available": 0}]}
     assert "at least one type needs available > 0" in _message(ModelPoolSpec, nothing)
+    twice = {**base, "gpuTypes": [{"gpuType": "L4", "pricePerHour": "1"}] * 2}
+    assert "spec.gpuTypes: each gpuType may appear once; repeated: ['L4']" in (
+        _message(ModelPoolSpec, twice)
+    )
+    free = {**base, "autoscaling": {"budgetPerHour": "0"}}
+    assert 'budgetPerHour must be more than "0"' in _message(ModelPoolSpec, free)
+
+
+@pytest.mark.parametrize("price", [3.5, "3.5e2", "-1", "03.50", "1.0000000001", ""])
+def test_money_must_be_a_decimal_string(price: object) -> None:
+    spec = {
+        "models": [{"name": "m", "uri": "builtin://m"}],
+        "auth": OPEN,
+        "gpuTypes": [{"gpuType": "L4", "pricePerHour": price}],
+    }
+    message = _message(ModelPoolSpec, spec)
+    assert message.startswith("spec.gpuTypes[0].pricePerHour: give money as a quoted decimal")
+    assert 'e.g. "3.50"' in message
+
+
+def test_money_is_exact_and_keeps_its_digits_on_the_wire() -> None:
+    spec = ModelPoolSpec.model_validate(
+        {
+            "models": [{"name": "m", "uri": "builtin://m"}],
+            "auth": OPEN,
+            "gpuTypes": [{"gpuType": "L4", "pricePerHour": "0.10"}],
+            "autoscaling": {"budgetPerHour": "0.000000001"},
+        }
+    )
+    assert spec.gpu_types[0].price_per_hour * 3 == Decimal("0.30")
+    wire = spec.to_wire()
+    assert wire["gpuTypes"][0]["pricePerHour"] == "0.10"
+    assert wire["autoscaling"]["budgetPerHour"] == "0.000000001"
+    assert ModelPoolSpec.model_validate(wire) == spec
+
+
+def test_lists_keyed_by_name_reject_repeats() -> None:
+    targets = [{"name": "small", "pool": "p", "model": "m"}]
+    clusters = [{"name": "math", "examples": ["What is 1 + 2?"]}]
+    profile = {"target": "small", "cluster": "math", "score": 0.5}
+    message = _message(
+        RoutingPolicySpec,
+        {
+            "auth": OPEN,
+            "targets": targets,
+            "queryClusters": clusters,
+            "capabilityProfiles": [profile, {**profile, "score": 0.7}],
+        },
+    )
+    assert message == (
+        "spec.capabilityProfiles: each target/cluster may appear once; repeated: ['small/math']"
+    )
+    pool = {"name": "m", "uri": "builtin://m", "adapters": [{"name": "a", "uri": "s3://a"}] * 2}
+    assert "names (of models and their adapters) must be unique" in _message(
+        ModelPoolSpec, {"models": [pool], "auth": OPEN}
+    )
 
 
 def test_routing_references_must_resolve() -> None:
     targets = [{"name": "small", "pool": "p", "model": "m"}]
     message = _message(RoutingPolicySpec, {"auth": OPEN, "targets": targets, "fallback": "big"})
     assert message == "spec.fallback: 'big' is not one of spec.targets ['small']"
-    cascade = {"auth": OPEN, "targets": targets, "strategy": "cascade"}
+    cascade = {"auth": OPEN, "targets": targets, "strategy": "Cascade"}
     assert "spec.cascade is required" in _message(RoutingPolicySpec, cascade)
-    budgets = [{"difficulty": "easy", "maxTokens": 1}, {"difficulty": "easy", "maxTokens": 2}]
+    budgets = [{"difficulty": "Easy", "maxTokens": 1}, {"difficulty": "Easy", "maxTokens": 2}]
     thinking = [{**targets[0], "reasoning": True}]
     assert "one entry per difficulty" in _message(
         RoutingPolicySpec, {"auth": OPEN, "targets": thinking, "thinkingBudgets": budgets}
@@ -148,25 +210,25 @@ def test_routing_references_must_resolve() -> None:
     assert "no target has reasoning: true" in _message(
         RoutingPolicySpec, {"auth": OPEN, "targets": targets, "thinkingBudgets": budgets[:1]}
     )
-    capped = {"auth": OPEN, "targets": targets, "objectives": {"maxCostPer1kTokens": 0.5}}
+    capped = {"auth": OPEN, "targets": targets, "objectives": {"maxCostPer1kTokens": "0.5"}}
     assert "costPer1kTokens is required with objectives.maxCostPer1kTokens" in _message(
         RoutingPolicySpec, capped
     )
-    priced = [{**targets[0], "costPer1kTokens": 0.1}]
+    priced = [{**targets[0], "costPer1kTokens": "0.1"}]
     alias = RoutingPolicySpec.model_validate({**capped, "targets": priced})
-    assert alias.to_wire()["objectives"] == {"minQuality": 0.0, "maxCostPer1kTokens": 0.5}
+    assert alias.to_wire()["objectives"] == {"minQuality": 0.0, "maxCostPer1kTokens": "0.5"}
 
 
 def test_routing_strategies_refuse_what_they_cannot_use() -> None:
     targets = [{"name": "small", "pool": "p", "model": "m"}]
-    assert "costPer1kTokens is required with strategy=cost-of-pass; missing on ['small']" in (
-        _message(RoutingPolicySpec, {"auth": OPEN, "targets": targets, "strategy": "cost-of-pass"})
+    assert "costPer1kTokens is required with strategy CostOfPass; missing on ['small']" in (
+        _message(RoutingPolicySpec, {"auth": OPEN, "targets": targets, "strategy": "CostOfPass"})
     )
-    assert "spec.queryClusters is required with strategy=capability" in _message(
-        RoutingPolicySpec, {"auth": OPEN, "targets": targets, "strategy": "capability"}
+    assert "spec.queryClusters is required with strategy Capability" in _message(
+        RoutingPolicySpec, {"auth": OPEN, "targets": targets, "strategy": "Capability"}
     )
     cascade = {"order": ["small", "small"]}
-    assert "spec.cascade is only read with strategy=cascade" in _message(
+    assert "spec.cascade is only read with strategy Cascade" in _message(
         RoutingPolicySpec, {"auth": OPEN, "targets": targets, "cascade": cascade}
     )
     clusters = [{"name": "math", "examples": ["What is 1 + 2?"]}]
@@ -184,7 +246,7 @@ def test_routing_strategies_refuse_what_they_cannot_use() -> None:
         "spec.capabilityProfiles.cluster: 'poetry' is not one of spec.queryClusters ['math']"
     )
     assert (
-        RoutingPolicySpec.model_validate({"auth": OPEN, "targets": targets}).strategy == "weighted"
+        RoutingPolicySpec.model_validate({"auth": OPEN, "targets": targets}).strategy == "Weighted"
     )
 
 
@@ -210,13 +272,83 @@ def test_defaults_fill_a_minimal_spec() -> None:
     pool = ModelPoolSpec.model_validate(
         {"models": [{"name": "m", "uri": "builtin://m"}], "auth": OPEN}
     )
-    assert [(g.name, g.price_per_hour) for g in pool.gpu_types] == [("cpu", 0.0)]
+    assert [(g.gpu_type, g.price_per_hour) for g in pool.gpu_types] == [("cpu", Decimal(0))]
     fusion = FusionJobSpec.model_validate(
         {
             "sources": [{"name": "a", "uri": "builtin://a"}],
             "target": {"uri": "builtin://t"},
-            "method": "merge",
+            "method": "Merge",
             "output": {"uri": "s3://o"},
         }
     )
     assert fusion.resources[0].gpu_type == "cpu"
+
+
+@pytest.mark.parametrize("path", OWN_EXAMPLES, ids=lambda p: p.name)
+def test_every_kind_takes_pod_overrides(path: Path) -> None:
+    document = yaml.safe_load(path.read_text())
+    spec = {**document["spec"], "pod": EVERY_OVERRIDE}
+    parsed = kind_by_name(document["kind"]).spec_model.model_validate(spec)
+    assert parsed.to_wire()["pod"] == EVERY_OVERRIDE
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected"),
+    [
+        (
+            {"resources": {"requests": {"cpu": "2 cores"}}},
+            "spec.pod.resources.requests.cpu: String should match pattern",
+        ),
+        (
+            {"resources": {"limits": {"memory": "-1Gi"}}},
+            "spec.pod.resources.limits.memory: String should match pattern",
+        ),
+        (
+            {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}},
+            "spec.pod.resources.requests.cpu=2 exceeds limits.cpu=1500m; lower the request",
+        ),
+        (
+            {"resources": {"limits": {"nvidia.com/gpu": "2"}}},
+            "spec.pod.resources.limits.nvidia.com/gpu: Extra inputs are not permitted",
+        ),
+        (
+            {"tolerations": [{"key": "a", "operator": "In"}]},
+            "spec.pod.tolerations[0].operator: Input should be 'Exists' or 'Equal'",
+        ),
+        (
+            {"tolerations": [{"key": "a", "effect": "NoEvict"}]},
+            "spec.pod.tolerations[0].effect: Input should be 'NoSchedule', 'PreferNoSchedule'",
+        ),
+        (
+            {"tolerations": [{"value": "x"}]},
+            "spec.pod.tolerations[0]: a toleration without key needs operator Exists",
+        ),
+        (
+            {"tolerations": [{"key": "a", "operator": "Exists", "value": "x"}]},
+            "spec.pod.tolerations[0]: value must be unset with operator Exists",
+        ),
+        (
+            {"tolerations": [{"key": "a", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+            "spec.pod.tolerations[0]: tolerationSeconds needs effect NoExecute",
+        ),
+        (
+            {"serviceAccountName": "Ray_Runner"},
+            "spec.pod.serviceAccountName: String should match pattern",
+        ),
+        (
+            {"imagePullSecrets": ["registry", "Bad Name"]},
+            "spec.pod.imagePullSecrets[1]: String should match pattern",
+        ),
+        ({"credentialsSecret": ""}, "spec.pod.credentialsSecret: String should have at least 1"),
+        (
+            {"affinity": {"nodeAfinity": {}}},
+            "spec.pod.affinity: not a core/v1 Affinity: nodeAfinity: Extra inputs are not",
+        ),
+        (
+            {"securityContext": {"privileged": True}},
+            "spec.pod.securityContext: Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_bad_pod_overrides_are_refused_naming_the_field(pod: dict[str, Any], expected: str) -> None:
+    assert _message(FedJobSpec, _fedjob(pod=pod)).startswith(expected)

@@ -3,6 +3,7 @@ apply runs against fakes of the Kubernetes API classes)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import replace
@@ -12,6 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from controllers.reconcile import EventReason
+from controllers.workloads import apply_events
+from modelfleet.api.pods import PodOverrides
 from modelfleet.backends.base import Owner
 from modelfleet.backends.kuberay import (
     HASH_ANNOTATION,
@@ -23,6 +27,7 @@ from modelfleet.backends.kuberay import (
     observe_rayservice,
     render,
     render_network_policy,
+    rendered_part,
 )
 from modelfleet.backends.local import RUNTIME_NOT_AVAILABLE, LocalBackend, runtime_available
 from modelfleet.core.pod_security import restricted_violations
@@ -30,12 +35,20 @@ from modelfleet.core.workload import (
     API_KEYS_ARG,
     API_KEYS_MOUNT,
     GPU_PRODUCT_LABEL,
+    ApplyResult,
     WorkerGroup,
     Workload,
     WorkloadKind,
     WorkloadState,
 )
 from modelfleet.scheduling.inventory import describe_node, read_inventory
+from tests.unit.ray_pods import (
+    ANTI_AFFINITY,
+    USER_NODE_EXPRESSION,
+    ZONE_EXPRESSION,
+    every_override,
+    templates,
+)
 
 OWNER = Owner("modelfleet.io/v1alpha1", "FedJob", "job", "team-a", "uid-1")
 JOB = Workload(
@@ -57,16 +70,6 @@ SERVICE = Workload(
 )
 RUNTIME_DOCKERFILE = Path(__file__).resolve().parents[2] / "images" / "runtime" / "Dockerfile"
 KEYED = replace(SERVICE, api_keys_secret="pool-keys", claims=("team-models",))
-
-
-def templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every pod template of a rendered RayJob or RayService: head, workers, submitter."""
-    cluster = obj["spec"].get("rayClusterConfig") or obj["spec"]["rayClusterSpec"]
-    found = [cluster["headGroupSpec"]["template"]]
-    found += [group["template"] for group in cluster["workerGroupSpecs"]]
-    if "submitterPodTemplate" in obj["spec"]:
-        found.append(obj["spec"]["submitterPodTemplate"])
-    return found
 
 
 def test_rayjob_is_owned_labelled_and_placed() -> None:
@@ -310,9 +313,9 @@ def test_scaling_a_pool_changes_only_replica_counts_so_kuberay_keeps_its_cluster
     """KubeRay starts a new RayCluster for any change of a RayService's cluster spec but its
     replica counts (and appended groups); scaling across GPU types must stay within that."""
     offers = [
-        {"name": "cpu", "pricePerHour": 0.1, "available": 2},
-        {"name": "L4", "pricePerHour": 1, "available": 4},
-        {"name": "A100-80GB", "pricePerHour": 4, "available": 4},
+        {"gpuType": "cpu", "pricePerHour": "0.10", "available": 2},
+        {"gpuType": "L4", "pricePerHour": "1", "available": 4},
+        {"gpuType": "A100-80GB", "pricePerHour": "4", "available": 4},
     ]
     clusters = {
         replicas: render(OWNER, _pool(replicas, offers), "img:1")["spec"]["rayClusterConfig"]
@@ -324,7 +327,119 @@ def test_scaling_a_pool_changes_only_replica_counts_so_kuberay_keeps_its_cluster
             assert cluster_change(old, new) is ClusterChange.NONE
     image = render(OWNER, _pool(2, offers), "img:2")["spec"]["rayClusterConfig"]
     assert cluster_change(clusters[2], image) is ClusterChange.NEW_CLUSTER
-    more = _pool(2, [*offers, {"name": "H100", "pricePerHour": 9, "available": 1}])
+    more = _pool(2, [*offers, {"gpuType": "H100", "pricePerHour": "9", "available": 1}])
     grown = render(OWNER, more, "img:1")["spec"]["rayClusterConfig"]
     assert cluster_change(clusters[2], grown) is ClusterChange.IN_PLACE
     assert cluster_change(grown, clusters[2]) is ClusterChange.NEW_CLUSTER
+
+
+def test_the_servers_defaults_in_a_stored_cluster_are_not_a_change() -> None:
+    """Read back, a RayService carries what KubeRay's schema defaults add; KubeRay compares
+    two stored specs, so those defaults must not predict a new cluster."""
+    offers = [{"gpuType": "cpu", "pricePerHour": "0.10", "available": 4}]
+    rendered = render(OWNER, _pool(2, offers), "img:1")["spec"]["rayClusterConfig"]
+    stored = copy.deepcopy(rendered)
+    for group in stored["workerGroupSpecs"]:
+        group.update(numOfHosts=1, priority=0)
+    stored["headGroupSpec"]["serviceType"] = "ClusterIP"
+    scaled = render(OWNER, _pool(3, offers), "img:1")["spec"]["rayClusterConfig"]
+    assert cluster_change(stored, scaled) is ClusterChange.NONE
+    image = render(OWNER, _pool(2, offers), "img:2")["spec"]["rayClusterConfig"]
+    assert cluster_change(stored, image) is ClusterChange.NEW_CLUSTER
+    assert rendered_part(stored, rendered) == rendered
+
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+USER_TOLERATIONS = [
+    {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+    {"key": "spot", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 120},
+]
+
+
+def _required_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    terms: list[dict[str, Any]] = pod["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    return terms
+
+
+def test_pod_overrides_reach_every_pod_and_keep_the_gpu_placement() -> None:
+    obj = render(OWNER, replace(JOB, pod=every_override()), "img:1")
+    head, gpu, cpu, submitter = (template["spec"] for template in templates(obj))
+    for pod in (head, gpu, cpu, submitter):
+        assert pod["serviceAccountName"] == "ray-runner"
+        assert pod["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}]
+        assert pod["affinity"]["podAntiAffinity"] == ANTI_AFFINITY
+        assert pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert gpu["tolerations"] == [GPU_TOLERATION, *USER_TOLERATIONS]
+    for pod in (head, cpu, submitter):
+        assert pod["tolerations"] == USER_TOLERATIONS
+        assert _required_terms(pod) == [
+            {"matchExpressions": [USER_NODE_EXPRESSION]},
+            {"matchExpressions": [ZONE_EXPRESSION]},
+        ]
+    # Node selector terms are ORed: each of the spec's terms must still require the GPU.
+    (gpu_expression,) = _required_terms({"affinity": gpu_affinity("L4", {})})[0]["matchExpressions"]
+    assert _required_terms(gpu) == [
+        {"matchExpressions": [USER_NODE_EXPRESSION, gpu_expression]},
+        {"matchExpressions": [ZONE_EXPRESSION, gpu_expression]},
+    ]
+    assert gpu["nodeSelector"] == {"modelfleet.io/site": "eu"}
+
+
+def test_pod_resources_override_only_cpu_and_memory_of_the_ray_containers() -> None:
+    obj = render(OWNER, replace(JOB, pod=every_override()), "img:1")
+    head, gpu, cpu, submitter = (template["spec"]["containers"][0] for template in templates(obj))
+    own = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "8", "memory": "32Gi"}}
+    assert head["resources"] == own == cpu["resources"]
+    assert gpu["resources"] == {
+        "requests": own["requests"],
+        "limits": {**own["limits"], "nvidia.com/gpu": 1},
+    }
+    assert submitter["resources"] == {"requests": {"cpu": "200m", "memory": "256Mi"}}
+
+
+def test_a_limit_without_its_request_drops_the_default_request() -> None:
+    """The default request (1 cpu) may exceed the limit set (500m), which Kubernetes
+    refuses; without a request of its own the container requests its limit."""
+    pod = PodOverrides.model_validate({"resources": {"limits": {"cpu": "500m"}}})
+    obj = render(OWNER, replace(JOB, pod=pod), "img:1")
+    head, gpu = (template["spec"]["containers"][0] for template in templates(obj)[:2])
+    assert head["resources"] == {"requests": {"memory": "2Gi"}, "limits": {"cpu": "500m"}}
+    assert gpu["resources"]["limits"] == {"cpu": "500m", "nvidia.com/gpu": 1}
+
+
+def test_credentials_secret_joins_the_ray_containers_environment() -> None:
+    pod = PodOverrides.model_validate({"credentialsSecret": "hub-creds"})
+    workload = replace(JOB, credential_secrets=("s3-creds",), pod=pod)
+    *ray, submitter = templates(render(OWNER, workload, "img:1"))
+    for template in ray:
+        assert template["spec"]["containers"][0]["envFrom"] == [
+            {"secretRef": {"name": "s3-creds"}},
+            {"secretRef": {"name": "hub-creds"}},
+        ]
+    assert "envFrom" not in submitter["spec"]["containers"][0]
+    same = replace(workload, pod=PodOverrides.model_validate({"credentialsSecret": "s3-creds"}))
+    for template in templates(render(OWNER, same, "img:1"))[:-1]:
+        assert template["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+
+
+def test_empty_pod_overrides_change_nothing_so_running_clusters_are_kept() -> None:
+    """An upgrade that adds ``pod: {}`` must not roll the Ray pods."""
+    for workload in (JOB, SERVICE):
+        assert render(OWNER, replace(workload, pod=PodOverrides()), "img:1") == render(
+            OWNER, workload, "img:1"
+        )
+
+
+def test_the_local_backend_warns_that_it_ignores_pod_overrides() -> None:
+    overridden = replace(JOB, pod=every_override())
+    events = apply_events(ApplyResult.CREATED, overridden, "local")
+    assert [(e.type, e.reason) for e in events] == [
+        ("Normal", "WorkloadCreated"),
+        ("Warning", EventReason.POD_OVERRIDES_IGNORED),
+    ]
+    assert "kuberay backend only" in events[1].message
+    assert len(apply_events(ApplyResult.CREATED, overridden, "kuberay")) == 1
+    assert len(apply_events(ApplyResult.CREATED, JOB, "local")) == 1
+    assert apply_events(ApplyResult.UNCHANGED, overridden, "local") == []

@@ -38,7 +38,7 @@ def pool(**fields: object) -> ModelPoolStatus:
                 ReplicaCount(gpu_type="A100", model="chat", replicas=2),
                 ReplicaCount(gpu_type="L4", model="chat", replicas=1),
             ],
-            "cost_per_hour": 9.5,
+            "cost_per_hour": "9.50",
             "slo_attainment": 0.97,
             "migrations": 4,
             **fields,
@@ -83,7 +83,7 @@ def test_forget_drops_every_series_of_the_resource(resource: tuple[str, str]) ->
     namespace, name = resource
     metrics.READINESS.record("ModelPool", namespace, name, "True")
     metrics.record_status("ModelPool", namespace, name, pool())
-    metrics.record_status("ModelPool", namespace, "other", pool(cost_per_hour=1.0))
+    metrics.record_status("ModelPool", namespace, "other", pool(cost_per_hour="1"))
     ready_labels = {"kind": "ModelPool", "ready": "True"}
     ready = REGISTRY.get_sample_value("modelfleet_resources", ready_labels)
 

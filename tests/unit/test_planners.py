@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from hypothesis import given
@@ -17,6 +18,7 @@ from modelfleet.api.routingpolicy import RoutingPolicySpec, RoutingPolicyStatus
 from modelfleet.core.names import MAX_NAME, child_name
 from modelfleet.core.workload import (
     GPU_PRODUCT_LABEL,
+    WORKLOAD_LABEL,
     Blocked,
     Observation,
     WorkerGroup,
@@ -37,26 +39,27 @@ from modelfleet.serving.plan import (
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 offers = st.lists(
     st.builds(
-        lambda name, price, available: GpuOffer(
-            name=name, price_per_hour=price, available=available
+        lambda gpu_type, price, available: GpuOffer(
+            gpu_type=gpu_type, price_per_hour=price, available=available
         ),
         st.sampled_from(["cpu", "L4", "A10G", "A100", "H100"]),
-        st.floats(0, 10, allow_nan=False),
+        st.decimals(0, 10, places=2),
         st.integers(0, 6),
     ),
     min_size=1,
     max_size=4,
-    unique_by=lambda o: o.name,
+    unique_by=lambda o: o.gpu_type,
 )
 
 
-def _brute_force(replicas: int, pool: list[GpuOffer], gpus: int) -> float | None:
+def _brute_force(replicas: int, pool: list[GpuOffer], gpus: int) -> Decimal | None:
     """Least cost over every way to split the replicas, or None if none fits."""
     best = None
-    capacity = [o.available if o.name == "cpu" else o.available // gpus for o in pool]
+    capacity = [o.available if o.gpu_type == "cpu" else o.available // gpus for o in pool]
+    types = [o.gpu_type for o in pool]
     for split in itertools.product(*(range(c + 1) for c in capacity)):
         if sum(split) == replicas:
-            cost = hourly_cost(dict(zip([o.name for o in pool], split, strict=True)), pool, gpus)
+            cost = hourly_cost(dict(zip(types, split, strict=True)), pool, gpus)
             best = cost if best is None else min(best, cost)
     return best
 
@@ -71,7 +74,7 @@ def test_cheapest_first_is_optimal(replicas: int, pool: list[GpuOffer], gpus: in
         return
     assert not isinstance(placed, Blocked)
     assert sum(placed.values()) == replicas
-    assert abs(hourly_cost(placed, pool, gpus) - best) < 1e-9
+    assert hourly_cost(placed, pool, gpus) == best
 
 
 def test_modelpool_plan_uses_the_cheapest_types() -> None:
@@ -81,8 +84,8 @@ def test_modelpool_plan_uses_the_cheapest_types() -> None:
             "auth": {"mode": "None"},
             "replicas": 3,
             "gpuTypes": [
-                {"name": "H100", "pricePerHour": 4, "available": 8},
-                {"name": "L4", "pricePerHour": 1, "available": 4},
+                {"gpuType": "H100", "pricePerHour": "4", "available": 8},
+                {"gpuType": "L4", "pricePerHour": "1", "available": 4},
             ],
         }
     )
@@ -96,6 +99,8 @@ def test_modelpool_plan_uses_the_cheapest_types() -> None:
     seen = Observation(WorkloadState.RUNNING, "Serving", ready_replicas={"L4": 2, "H100": 1})
     status = compute_modelpool_status(spec, workload, seen, ModelPoolStatus(), 1, NOW)
     assert (status.replicas, status.cost_per_hour) == (3, 2 * 2 * 1 + 1 * 2 * 4)
+    assert status.selector == f"{WORKLOAD_LABEL}=chat-serve", "the scale subresource's pods"
+    assert status.to_wire()["costPerHour"] == "12"
     assert status.conditions[0].status is ConditionStatus.TRUE
     by_type = {(c.gpu_type, c.model): c.replicas for c in status.replicas_by_gpu_type}
     assert by_type == {("H100", "m"): 1, ("L4", "m"): 2}
@@ -108,8 +113,8 @@ def test_modelpool_status_counts_each_models_ready_replicas_and_migrations() -> 
             "auth": {"mode": "None"},
             "replicas": 3,
             "gpuTypes": [
-                {"name": "cpu", "pricePerHour": 0.1, "available": 2},
-                {"name": "L4", "pricePerHour": 1, "available": 4},
+                {"gpuType": "cpu", "pricePerHour": "0.10", "available": 2},
+                {"gpuType": "L4", "pricePerHour": "1", "available": 4},
             ],
         }
     )
@@ -127,7 +132,7 @@ def test_modelpool_status_counts_each_models_ready_replicas_and_migrations() -> 
     by_type = {(c.gpu_type, c.model): c.replicas for c in status.replicas_by_gpu_type}
     assert by_type == {("cpu", "a"): 2, ("cpu", "b"): 1, ("L4", "a"): 1, ("L4", "b"): 0}
     assert (status.replicas, status.migrations, status.slo_attainment) == (3, 7, 0.97)
-    assert status.cost_per_hour == 2 * 0.1 + 1 * 1 * 2
+    assert status.to_wire()["costPerHour"] == "2.20", "exact: 2 * 0.10 + 1 * 1 * 2"
 
 
 @given(
@@ -153,9 +158,9 @@ def test_fedjob_groups_clients_by_hardware_and_site() -> None:
                 {"name": f"c{i}", "datasetUri": "s3://d", "site": site, "resources": res}
                 for i, (site, res) in enumerate(
                     [
-                        ("eu", {"gpuType": "L4", "gpus": 1}),
-                        ("eu", {"gpuType": "L4", "gpus": 1}),
-                        ("us", {"gpuType": "L4", "gpus": 1}),
+                        ("eu", {"gpuType": "L4", "count": 1}),
+                        ("eu", {"gpuType": "L4", "count": 1}),
+                        ("us", {"gpuType": "L4", "count": 1}),
                         ("us", {"gpuType": "cpu"}),
                     ]
                 )
@@ -166,13 +171,16 @@ def test_fedjob_groups_clients_by_hardware_and_site() -> None:
     workload = plan_fedjob("job", spec, None)
     assert not isinstance(workload, Blocked)
     assert workload.kind is WorkloadKind.JOB
-    groups = [(g.gpu_type, g.replicas, dict(g.node_selector)) for g in workload.worker_groups]
+    groups = [
+        (g.gpu_type, g.replicas, g.gpus_per_worker, dict(g.node_selector))
+        for g in workload.worker_groups
+    ]
     l4 = {GPU_PRODUCT_LABEL: "L4"}
     assert groups == [
-        ("L4", 2, {**l4, SITE_LABEL: "eu"}),
-        ("L4", 1, {**l4, SITE_LABEL: "us"}),
-        ("cpu", 1, {SITE_LABEL: "us"}),
-    ]
+        ("L4", 2, 1, {**l4, SITE_LABEL: "eu"}),
+        ("L4", 1, 1, {**l4, SITE_LABEL: "us"}),
+        ("cpu", 1, 0, {SITE_LABEL: "us"}),
+    ], "a cpu client's count (defaulted to 1) asks for no GPU"
     assert workload.config["clients"][0]["datasetUri"] == "s3://d"
 
 
@@ -181,8 +189,8 @@ def test_fusionjob_one_worker_per_gpu() -> None:
         {
             "sources": [{"name": "a", "uri": "builtin://a"}],
             "target": {"uri": "builtin://t"},
-            "method": "merge",
-            "resources": [{"gpuType": "H100", "count": 4}, {"gpuType": "cpu", "count": 0}],
+            "method": "Merge",
+            "resources": [{"gpuType": "H100", "count": 4}, {"gpuType": "cpu", "count": 2}],
             "output": {"uri": "s3://o"},
         }
     )
@@ -191,7 +199,7 @@ def test_fusionjob_one_worker_per_gpu() -> None:
     groups = workload.worker_groups
     assert [(g.gpu_type, g.replicas, g.gpus_per_worker) for g in groups] == [
         ("H100", 4, 1),
-        ("cpu", 1, 0),
+        ("cpu", 2, 0),
     ]
 
 
@@ -251,7 +259,7 @@ def test_routing_status_carries_what_the_router_reports() -> None:
         "decisions": {"small": 3},
         "targets": [{"name": "small", "requests": 3, "healthy": True, "quality": 0.5}],
         "observedQuality": 0.5,
-        "observedCostPer1kTokens": 0.25,
+        "observedCostPer1kTokens": "0.25",
         "feedback": 2,
         "profiles": [{"target": "small", "cluster": "", "trials": 2, "successes": 1}],
     }
@@ -260,7 +268,8 @@ def test_routing_status_carries_what_the_router_reports() -> None:
     )
     assert status.endpoint == "http://r/v1" and status.workload == "r-router"
     assert status.decisions == {"small": 3} and status.feedback == 2
-    assert status.observed_quality == 0.5 and status.observed_cost_per_1k_tokens == 0.25
+    assert status.observed_quality == 0.5
+    assert status.observed_cost_per_1k_tokens == Decimal("0.25")
     assert status.profiles[0].successes == 1
     again = compute_routingpolicy_status(spec, pools, ROUTER_UP, None, status, 2, NOW)
     assert again.decisions == {"small": 3}, "a router that does not answer erases nothing"

@@ -7,7 +7,11 @@ from typing import Any
 
 import pytest
 
+from modelfleet.backends.base import Owner
+from modelfleet.backends.kuberay import WORKLOAD_LABEL, render
 from modelfleet.core.pod_security import restricted_violations
+from modelfleet.core.workload import WorkerGroup, Workload, WorkloadKind
+from tests.unit.ray_pods import every_override, templates
 
 RESTRICTED: dict[str, Any] = {
     "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -107,3 +111,19 @@ def test_a_privileged_host_path_pod_lists_every_breach() -> None:
         "seccompProfile",
     ):
         assert any(message in f for f in found), (message, found)
+
+
+@pytest.mark.parametrize("kind", list(WorkloadKind))
+def test_pod_overrides_keep_the_ray_pods_restricted_and_labelled(kind: WorkloadKind) -> None:
+    """Every ``spec.pod`` field set, on head, GPU and CPU workers and a job's submitter:
+    namespaces enforcing the restricted profile still admit the pods, and the workload's
+    NetworkPolicy still selects them."""
+    groups = (WorkerGroup("g0-l4", "L4", 1, 1), WorkerGroup("g1-cpu", "cpu", 1, 0))
+    workload = Workload("w", kind, "app", {}, groups, claims=("data",), pod=every_override())
+    owner = Owner("modelfleet.io/v1alpha1", "FedJob", "w", "team-a", "uid-1")
+    rendered = templates(render(owner, workload, "img:1"))
+    assert len(rendered) == 1 + len(groups) + (kind is WorkloadKind.JOB)
+    for template in rendered:
+        assert template["spec"]["serviceAccountName"] == "ray-runner"
+        assert template["metadata"]["labels"] == {WORKLOAD_LABEL: "w"}
+        assert restricted_violations(template["spec"]) == []

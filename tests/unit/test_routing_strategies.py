@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from decimal import Decimal
 
 import pytest
 from hypothesis import given
@@ -18,6 +19,7 @@ from modelfleet.routing.strategies import (
     choose_route,
     estimate_difficulty,
 )
+from modelfleet.routing.telemetry import Ledger
 from modelfleet.routing.wire import cap_tokens, confidence, query_text
 
 NAMES = ("a", "b", "c", "d", "e")
@@ -227,6 +229,18 @@ def test_profiles_are_posterior_means_and_survive_a_round_trip() -> None:
     ]
     assert import_learned(malformed) == []
     assert book.informed("math") and not book.informed("poetry")
+
+
+def test_the_ledger_books_money_exactly() -> None:
+    ledger = Ledger()
+    assert ledger.cost_per_1k_tokens() is None
+    for _ in range(3):
+        ledger.record_spend(100, Decimal("0.1"))
+    ledger.record_spend(700, None)
+    assert ledger.cost == Decimal("0.03"), "floats would give 0.030000000000000002"
+    assert format(ledger.cost_per_1k_tokens(), "f") == "0.030000000"
+    ledger.record_spend(2, Decimal("0.000000001"))
+    assert ledger.cost_per_1k_tokens() == Decimal("0.029940120"), "to the status's 9 digits"
 
 
 def test_confidence_is_the_geometric_mean_token_probability() -> None:

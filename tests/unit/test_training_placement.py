@@ -94,11 +94,11 @@ def test_fedjob_client_that_no_node_can_host() -> None:
         {
             "baseModel": {"uri": "builtin://m"},
             "clients": [
-                {"name": "ok", "datasetUri": "s3://a", "resources": {"gpuType": "L4", "gpus": 4}},
+                {"name": "ok", "datasetUri": "s3://a", "resources": {"gpuType": "L4", "count": 4}},
                 {
                     "name": "big",
                     "datasetUri": "s3://b",
-                    "resources": {"gpuType": "H100", "gpus": 16},
+                    "resources": {"gpuType": "H100", "count": 16},
                 },
             ],
             "output": {"uri": "s3://o"},

@@ -41,7 +41,7 @@ MINI_URI = "builtin://tiny-llama-mini"
 
 
 def vllm_model(uri: str, **fields: object) -> ServedModel:
-    return ServedModel.model_validate({"name": "m", "uri": uri, "engine": "vllm", **fields})
+    return ServedModel.model_validate({"name": "m", "uri": uri, "engine": "VLLM", **fields})
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_vllm_uri_resolves_to_what_engine_args_loads(uri: str, expected: str) ->
         ("hf://org/", "hf://<org>/<name>"),
         ("file://models/llama", "absolute directory"),
         ("ftp://host/llama", "unknown scheme 'ftp'"),
-        (MINI_URI, "set spec.models[1].engine: torch"),
+        (MINI_URI, "set spec.models[1].engine: Torch"),
     ],
 )
 def test_vllm_uri_errors_name_the_field(uri: str, hint: str) -> None:
@@ -110,8 +110,8 @@ def test_missing_vllm_fails_naming_the_field_and_the_fix(
     with pytest.raises(VllmUnavailableError) as error:
         build_engine(vllm_spec())
     message = str(error.value)
-    assert "spec.models[2].engine is vllm, but vLLM cannot be imported" in message
-    assert "set spec.models[2].engine: torch" in message
+    assert "spec.models[2].engine is VLLM, but vLLM cannot be imported" in message
+    assert "set spec.models[2].engine: Torch" in message
     assert "modelfleet[gpu]" in message
 
 
@@ -122,8 +122,8 @@ def test_missing_cuda_fails_naming_the_field_and_the_fix(
     with pytest.raises(VllmUnavailableError) as error:
         build_engine(vllm_spec())
     message = str(error.value)
-    assert "spec.models[2].engine is vllm, but no CUDA device is visible" in message
-    assert "set spec.models[2].engine: torch" in message
+    assert "spec.models[2].engine is VLLM, but no CUDA device is visible" in message
+    assert "set spec.models[2].engine: Torch" in message
     assert "GPU nodes" in message
 
 
@@ -139,7 +139,7 @@ def test_replicas_of_vllm_models_reserve_their_tensor_parallel_gpus() -> None:
 
 def test_the_http_application_serves_vllm_models() -> None:
     wire = {
-        "models": [{"name": "big", "uri": "hf://org/name", "engine": "vllm"}],
+        "models": [{"name": "big", "uri": "hf://org/name", "engine": "VLLM"}],
         "replicas": 1,
         "auth": {"mode": "None"},
     }
