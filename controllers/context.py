@@ -16,7 +16,18 @@ from kubernetes import client
 
 from modelfleet.backends.base import Backend
 
-RESYNC_SECONDS = float(os.environ.get("MODELFLEET_RESYNC_SECONDS", "30"))
+BACKEND = os.environ.get("MODELFLEET_BACKEND", "kuberay")
+"""The backend chosen at startup; read at import, since handlers are registered then."""
+CLEANUP_BACKENDS = frozenset({"local"})
+"""Backends that hold something outside Kubernetes for a resource (the local backend's
+Ray Serve applications), which only a delete handler can free. On the others every child
+is owned through an ownerReference and garbage-collected, so no finalizer is needed."""
+FINALIZER = "modelfleet.io/cleanup"
+
+
+def needs_cleanup(backend: str = BACKEND) -> bool:
+    """Whether resources carry ``FINALIZER`` on this backend (see ``CLEANUP_BACKENDS``)."""
+    return backend in CLEANUP_BACKENDS
 
 
 def utcnow() -> datetime:

@@ -11,6 +11,7 @@ like kube-state-metrics: their cardinality is bounded by the number of resources
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +19,13 @@ from dataclasses import dataclass
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from modelfleet.api.common import BaseStatus
+from modelfleet.api.common import BaseStatus, ConditionStatus, ConditionType
 from modelfleet.api.fedjob import FedJobStatus
+from modelfleet.api.fusionjob import FusionJobStatus
 from modelfleet.api.modelpool import ModelPoolStatus
 from modelfleet.api.routingpolicy import RoutingPolicyStatus
+from modelfleet.core.conditions import find_condition
+from modelfleet.core.status import job_finished
 
 RECONCILES = Counter(
     "modelfleet_reconcile_total", "Reconciles by kind and result.", ["kind", "result"]
@@ -45,6 +49,12 @@ ADMISSION_REVIEWS = Counter(
 )
 EVENTS = Counter(
     "modelfleet_events_total", "Events emitted, by kind and reason.", ["kind", "reason"]
+)
+DELETION_TIMESTAMP = Gauge(
+    "modelfleet_resource_deletion_timestamp_seconds",
+    "metadata.deletionTimestamp (Unix seconds) of a resource still present after deletion "
+    "began; a series that stays for long is a delete that does not complete.",
+    ["kind", "namespace", "name"],
 )
 
 ResourceKey = tuple[str, str, str]
@@ -133,7 +143,7 @@ def status_samples(status: BaseStatus) -> list[Sample]:
             (MODELPOOL_READY_REPLICAS, (count.model, count.gpu_type), count.replicas)
             for count in status.replicas_by_gpu_type
         ]
-        samples.append((MODELPOOL_COST, (), status.cost_per_hour))
+        samples.append((MODELPOOL_COST, (), float(status.cost_per_hour)))
         if status.slo_attainment is not None:
             samples.append((MODELPOOL_SLO_ATTAINMENT, (), status.slo_attainment))
         samples.append((MODELPOOL_MIGRATIONS, (), status.migrations))
@@ -152,7 +162,7 @@ def routing_samples(status: RoutingPolicyStatus) -> list[Sample]:
     if status.observed_quality is not None:
         samples.append((ROUTING_QUALITY, (), status.observed_quality))
     if status.observed_cost_per_1k_tokens is not None:
-        samples.append((ROUTING_COST, (), status.observed_cost_per_1k_tokens))
+        samples.append((ROUTING_COST, (), float(status.observed_cost_per_1k_tokens)))
     return samples
 
 
@@ -218,6 +228,11 @@ class ReadinessBook:
             self._move(kind, previous, None)
         self._statuses.forget(kind, namespace, name)
 
+    def known(self, kind: str) -> set[tuple[str, str]]:
+        """(namespace, name) of every resource of ``kind`` recorded and not forgotten."""
+        with self._lock:
+            return {(ns, name) for k, ns, name in self._ready if k == kind}
+
     def _move(self, kind: str, previous: str | None, current: str | None) -> None:
         """Move one resource's count from ``previous`` to ``current`` (None: absent)."""
         for ready in ("True", "False", "Unknown"):
@@ -236,6 +251,107 @@ REGISTRY.register(STATUSES)
 READINESS = ReadinessBook(STATUSES)
 
 
+def forget_resource(kind: str, namespace: str, name: str) -> None:
+    """Drop every series of a resource that is gone."""
+    READINESS.forget(kind, namespace, name)
+    _remove_deletion(kind, namespace, name)
+
+
+def observe_listing(
+    kind: str, present: set[tuple[str, str]], deleting: dict[tuple[str, str], float]
+) -> None:
+    """Bring one kind's series in line with a full listing: resources deleted while no
+    delete handler ran (there is no finalizer to wait for one) lose their series, and
+    those being deleted show since when."""
+    for namespace, name in READINESS.known(kind) - present:
+        forget_resource(kind, namespace, name)
+    for namespace, name in _DELETING.get(kind, set()) - set(deleting):
+        _remove_deletion(kind, namespace, name)
+    for (namespace, name), since in deleting.items():
+        DELETION_TIMESTAMP.labels(kind=kind, namespace=namespace, name=name).set(since)
+    _DELETING[kind] = set(deleting)
+
+
+_DELETING: dict[str, set[tuple[str, str]]] = {}
+"""The resources of each kind with a deletion series, as of the last listing."""
+
+
+def _remove_deletion(kind: str, namespace: str, name: str) -> None:
+    with contextlib.suppress(KeyError):
+        DELETION_TIMESTAMP.remove(kind, namespace, name)
+
+
 def record_status(kind: str, namespace: str, name: str, status: BaseStatus) -> None:
-    """Publish the domain series of one resource's status (replacing its previous ones)."""
+    """Publish the domain series of one resource's status (replacing its previous ones)
+    and whether it is Ready and whether it has ended."""
     STATUSES.record(kind, namespace, name, status)
+    LIFECYCLE.record(kind, namespace, name, status)
+
+
+def has_ended(status: BaseStatus) -> bool:
+    """Whether a FedJob or FusionJob ended, succeeded or failed, for the spec it last saw:
+    nothing will change until the spec does. Pools and policies serve until deleted."""
+    if not isinstance(status, FedJobStatus | FusionJobStatus):
+        return False
+    return job_finished(status, status.observed_generation)
+
+
+class Lifecycle:
+    """Per resource: Ready or not, ended or not, so an alert can name the resource that is
+    not Ready and leave alone a job whose failure is final (it stays not Ready for good).
+
+    A resource's series last as long as READINESS knows it: every path that forgets a
+    resource (its delete handler, a listing without it) drops them with it.
+    """
+
+    def __init__(self, readiness: ReadinessBook) -> None:
+        self._states: dict[ResourceKey, tuple[bool, bool]] = {}
+        self._readiness = readiness
+        self._lock = threading.Lock()
+
+    def record(self, kind: str, namespace: str, name: str, status: BaseStatus) -> None:
+        ready = find_condition(status.conditions, ConditionType.READY)
+        is_ready = ready is not None and ready.status is ConditionStatus.TRUE
+        with self._lock:
+            self._states[(kind, namespace, name)] = (is_ready, has_ended(status))
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["kind", "namespace", "name"]
+        ready = GaugeMetricFamily(
+            "modelfleet_resource_ready", "1 while a resource is Ready, else 0.", labels=labels
+        )
+        ended = GaugeMetricFamily(
+            "modelfleet_resource_terminal",
+            "1 once a FedJob or FusionJob has ended (succeeded or failed) for its current spec; "
+            "0 before, and always for kinds that run until deleted.",
+            labels=labels,
+        )
+        for key, (is_ready, is_over) in self._live_states():
+            ready.add_metric(list(key), float(is_ready))
+            ended.add_metric(list(key), float(is_over))
+        yield ready
+        yield ended
+
+    def _live_states(self) -> list[tuple[ResourceKey, tuple[bool, bool]]]:
+        """The states of the resources READINESS still knows; the others are dropped."""
+        with self._lock:
+            kinds = {kind for kind, _, _ in self._states}
+            known = {
+                (kind, namespace, name)
+                for kind in kinds
+                for namespace, name in self._readiness.known(kind)
+            }
+            for key in set(self._states) - known:
+                del self._states[key]
+            return sorted(self._states.items())
+
+
+LIFECYCLE = Lifecycle(READINESS)
+REGISTRY.register(LIFECYCLE)
+
+ADMISSION_ERRORS = Counter(
+    "modelfleet_admission_errors_total",
+    "Admission reviews whose validation raised instead of giving a verdict (the API server "
+    "then admits or refuses the object by the webhook's failurePolicy), by error type.",
+    ["kind", "error"],
+)

@@ -1,26 +1,33 @@
 """The one reconcile every kind shares: parse, decide, apply, write status on change.
 
-create, update, resume and a periodic timer all call the same function, so a
-resource converges whatever the operator missed while it was down, and a
-reconcile repeated after a crash at any line finds deterministic children and
-settles on the same status.
+create, update and resume (kopf's handlers), the resync loop and the watches of
+children (``controllers.resync``) all call the same function, so a resource converges
+whatever the operator missed while it was down, and a reconcile repeated after a crash
+at any line finds deterministic children and settles on the same status. One lock per
+object keeps these paths from reconciling the same resource at once.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import kopf
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
 from controllers import metrics
-from controllers.context import RESYNC_SECONDS, current
+from controllers.context import current, needs_cleanup
+from controllers.events import post_event
+from controllers.log_context import about
 from controllers.stalls import HANDLERS
 from modelfleet.api.common import BaseStatus, ConditionStatus, ConditionType
 from modelfleet.api.errors import format_validation_error
@@ -29,7 +36,16 @@ from modelfleet.backends.base import Owner
 from modelfleet.core.conditions import find_condition
 from modelfleet.core.status import invalid_spec_verdicts, settle_status
 
-RETRY_DELAY_SECONDS = 10.0
+RETRY_BASE_SECONDS = 2.0
+RETRY_MAX_SECONDS = 300.0
+log = logging.getLogger(__name__)
+
+
+def retry_delay(retry: int) -> float:
+    """Seconds before retry number ``retry`` (0 for the first) of a failed reconcile:
+    doubling from ``RETRY_BASE_SECONDS`` up to ``RETRY_MAX_SECONDS``, so a failing API
+    server or backend is not hammered and a fixed one is noticed within minutes."""
+    return min(RETRY_BASE_SECONDS * 2.0 ** min(retry, 16), RETRY_MAX_SECONDS)
 
 
 class EventReason(StrEnum):
@@ -38,6 +54,7 @@ class EventReason(StrEnum):
     WORKLOAD_CREATED = "WorkloadCreated"
     WORKLOAD_UPDATED = "WorkloadUpdated"
     AUTH_DISABLED = "AuthDisabled"
+    POD_OVERRIDES_IGNORED = "PodOverridesIgnored"
 
 
 @dataclass(frozen=True)
@@ -58,7 +75,7 @@ class Decision:
 Decide = Callable[[Any, Any, Owner, int, datetime], Decision]
 
 
-def owner_of(info: KindInfo, body: kopf.Body) -> Owner:
+def owner_of(info: KindInfo, body: Mapping[str, Any]) -> Owner:
     meta = body["metadata"]
     return Owner(
         api_version=f"{info.group}/{info.version}",
@@ -69,7 +86,7 @@ def owner_of(info: KindInfo, body: kopf.Body) -> Owner:
     )
 
 
-def parse_status(info: KindInfo, body: kopf.Body) -> BaseStatus:
+def parse_status(info: KindInfo, body: Mapping[str, Any]) -> BaseStatus:
     """The stored status, or an empty one if it is missing or unreadable."""
     try:
         return info.status_model.model_validate(dict(body.get("status") or {}))
@@ -114,13 +131,15 @@ def classify_event(status: BaseStatus) -> str:
     return "Normal" if holds(ConditionType.READY) or holds(ConditionType.PROGRESSING) else "Warning"
 
 
-def _emit(info: KindInfo, body: kopf.Body, events: list[Event]) -> None:
+def _emit(info: KindInfo, body: Mapping[str, Any], events: list[Event]) -> None:
     for event in events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        post_event(current().api, body, event.type, event.reason, event.message)
         metrics.EVENTS.labels(kind=info.kind, reason=event.reason).inc()
 
 
-def _decide(info: KindInfo, body: kopf.Body, decide: Decide) -> tuple[BaseStatus, Decision, str]:
+def _decide(
+    info: KindInfo, body: Mapping[str, Any], decide: Decide
+) -> tuple[BaseStatus, Decision, str]:
     previous = parse_status(info, body)
     generation = int(body["metadata"].get("generation", 0))
     now = current().clock()
@@ -132,8 +151,18 @@ def _decide(info: KindInfo, body: kopf.Body, decide: Decide) -> tuple[BaseStatus
     return previous, decide(spec, previous, owner_of(info, body), generation, now), "success"
 
 
-def reconcile(info: KindInfo, body: kopf.Body, patch: kopf.Patch, decide: Decide) -> None:
-    """Reconcile one resource; API failures become a delayed kopf retry, never a hot loop."""
+def reconcile(
+    info: KindInfo,
+    body: Mapping[str, Any],
+    patch: dict[str, Any],
+    decide: Decide,
+    retry: int = 0,
+) -> None:
+    """Reconcile one resource, putting its status changes in ``patch``.
+
+    Any failure (the API server, a backend, a bug) is counted by its type and becomes a
+    kopf retry after ``retry_delay(retry)``: never a hot loop, never a crashed operator.
+    """
     started = time.perf_counter()
     try:
         previous, decision, result = _decide(info, body, decide)
@@ -149,14 +178,98 @@ def reconcile(info: KindInfo, body: kopf.Body, patch: kopf.Patch, decide: Decide
         )
         metrics.record_status(info.kind, owner.namespace, owner.name, decision.status)
         metrics.RECONCILES.labels(kind=info.kind, result=result).inc()
-    except ApiException as error:
+    except Exception as error:
         metrics.RECONCILES.labels(kind=info.kind, result="error").inc()
-        metrics.RECONCILE_ERRORS.labels(kind=info.kind, error="ApiException").inc()
-        raise kopf.TemporaryError(
-            f"Kubernetes API error {error.status} {error.reason}", delay=RETRY_DELAY_SECONDS
-        ) from error
+        metrics.RECONCILE_ERRORS.labels(kind=info.kind, error=type(error).__name__).inc()
+        if not isinstance(error, ApiException):
+            log.exception("reconcile raised")
+        delay = retry_delay(retry)
+        message = f"{describe_error(error)}; retrying in {delay:g}s"
+        raise kopf.TemporaryError(message, delay=delay) from error
     finally:
         metrics.RECONCILE_SECONDS.labels(kind=info.kind).observe(time.perf_counter() - started)
+
+
+def describe_error(error: Exception) -> str:
+    """One line about a failed reconcile, for the log and kopf's retry message."""
+    if isinstance(error, ApiException):
+        return f"Kubernetes API error {error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}"
+
+
+class ObjectLocks:
+    """One lock per resource, so kopf's handlers, the resync loop and child watches never
+    reconcile the same object at the same time (kopf serialises only its own handlers)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
+
+    @contextmanager
+    def hold(self, key: tuple[str, str, str], timeout: float = -1) -> Iterator[bool]:
+        """Hold ``key``'s lock for the block; yields False, holding nothing, if it could
+        not be had within ``timeout`` seconds (0: do not wait, -1: wait as long as it takes)."""
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        acquired = lock.acquire(timeout=timeout) if timeout >= 0 else lock.acquire()
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                lock.release()
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        """Drop a deleted resource's lock."""
+        with self._guard:
+            self._locks.pop(key, None)
+
+
+LOCKS = ObjectLocks()
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A kind and how it decides, for the paths outside kopf that reconcile it."""
+
+    info: KindInfo
+    decide: Decide
+
+
+REGISTERED: dict[str, Registration] = {}
+"""Every registered kind by its name (e.g. ``ModelPool``)."""
+
+
+def object_key(info: KindInfo, body: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = body["metadata"]
+    return info.kind, meta.get("namespace", "default"), meta["name"]
+
+
+def reconcile_now(registration: Registration, body: Mapping[str, Any], wait: float) -> bool:
+    """Reconcile ``body`` outside kopf and write its status; False when another path
+    holds the object longer than ``wait`` seconds (it is being reconciled already)."""
+    info = registration.info
+    owner = owner_of(info, body)
+    with LOCKS.hold(object_key(info, body), wait) as held:
+        if not held:
+            return False
+        with HANDLERS.running(_describe(owner)), about(_describe(owner)):
+            patch: dict[str, Any] = {}
+            try:
+                reconcile(info, body, patch, registration.decide)
+            except kopf.TemporaryError as error:
+                log.warning("reconcile failed: %s", error)
+                return True
+            if patch:
+                client.CustomObjectsApi(current().api).patch_namespaced_custom_object_status(
+                    info.group,
+                    info.version,
+                    owner.namespace,
+                    info.plural,
+                    owner.name,
+                    patch,
+                    _content_type="application/merge-patch+json",
+                )
+    return True
 
 
 def _describe(owner: Owner) -> str:
@@ -164,25 +277,33 @@ def _describe(owner: Owner) -> str:
 
 
 def register(info: KindInfo, decide: Decide) -> None:
-    """Wire create, update, resume, a resync timer and delete for one kind to ``decide``."""
-    resource = (info.group, info.version, info.plural)
+    """Wire create, update, resume and delete for one kind to ``decide``, and list the kind
+    for the resync loop.
 
-    def reconcile_handler(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        with HANDLERS.running(_describe(owner_of(info, body))):
-            reconcile(info, body, patch, decide)
+    No kopf timer: kopf puts a finalizer on every object a timer serves, so with the
+    operator uninstalled every delete would hang. The resync loop does that work instead,
+    and the only finalizer is ``modelfleet.io/cleanup``, where the backend has something
+    outside Kubernetes to free (``controllers.context.needs_cleanup``).
+    """
+    resource = (info.group, info.version, info.plural)
+    REGISTERED[info.kind] = Registration(info, decide)
+
+    def reconcile_handler(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:
+        described = _describe(owner_of(info, body))
+        with LOCKS.hold(object_key(info, body)), HANDLERS.running(described), about(described):
+            reconcile(info, body, patch, decide, retry)
 
     def forget_handler(body: kopf.Body, **_: Any) -> None:
         """Release what lives outside Kubernetes, then drop the resource's metrics."""
         owner = owner_of(info, body)
         workload = (body.get("status") or {}).get("workload", "")
-        with HANDLERS.running(f"deleting {_describe(owner)}"):
+        described = f"deleting {_describe(owner)}"
+        with HANDLERS.running(described), about(described):
             if workload:
                 current().backend.release(owner, workload)
-        metrics.READINESS.forget(info.kind, owner.namespace, owner.name)
+        metrics.forget_resource(info.kind, owner.namespace, owner.name)
+        LOCKS.forget(object_key(info, body))
 
     for on_change in (kopf.on.resume, kopf.on.create, kopf.on.update):
         on_change(*resource, id="reconcile")(reconcile_handler)
-    kopf.timer(*resource, id="resync", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)(
-        reconcile_handler
-    )
-    kopf.on.delete(*resource, id="release")(forget_handler)
+    kopf.on.delete(*resource, id="release", optional=not needs_cleanup())(forget_handler)

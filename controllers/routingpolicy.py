@@ -10,6 +10,7 @@ import httpx
 from kubernetes import client
 
 from controllers.context import current
+from controllers.faults import crash_point
 from controllers.reconcile import Decision, register
 from controllers.secrets import auth_secret_blocked
 from controllers.workloads import apply_events
@@ -18,7 +19,7 @@ from modelfleet.api.registry import kind_by_name
 from modelfleet.api.routingpolicy import RoutingPolicySpec, RoutingPolicyStatus
 from modelfleet.backends.base import Owner
 from modelfleet.core.status import blocked_verdicts, settle_status
-from modelfleet.core.workload import Observation, WorkloadState
+from modelfleet.core.workload import ApplyResult, Observation, WorkloadState
 from modelfleet.routing.plan import PoolView, compute_routingpolicy_status, plan_router
 
 POOLS = kind_by_name("ModelPool")
@@ -75,6 +76,8 @@ def decide_routing(
     if blocked is not None:
         return Decision(settle_status(previous, blocked_verdicts(blocked), generation, now))
     applied = backend.apply(owner, workload)
+    if applied is ApplyResult.CREATED:
+        crash_point("after-apply")
     observation = backend.observe(owner, workload)
     stats = read_router_stats(observation)
     status = compute_routingpolicy_status(

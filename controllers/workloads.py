@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from controllers.context import current
+from controllers.faults import crash_point
 from controllers.reconcile import Decide, Decision, Event, EventReason
 from controllers.secrets import auth_secret_blocked
 from modelfleet.api.common import BaseStatus
@@ -49,6 +50,8 @@ def decide_workload(plan: Planner, compute_status: StatusFn) -> Decide:
         if planned.kind is WorkloadKind.JOB and job_finished(previous, generation):
             return Decision(previous)
         applied = backend.apply(owner, planned)
+        if applied is ApplyResult.CREATED:
+            crash_point("after-apply")
         observation = backend.observe(owner, planned)
         status = compute_status(spec, planned, observation, previous, generation, now)
         return Decision(status, apply_events(applied, planned, backend.name))
@@ -57,8 +60,9 @@ def decide_workload(plan: Planner, compute_status: StatusFn) -> Decide:
 
 
 def apply_events(applied: ApplyResult, workload: Workload, backend: str) -> list[Event]:
-    """A Normal event when a workload was created or updated, and a Warning when that
-    workload is a service open to anyone on a cluster (where others can reach it)."""
+    """A Normal event when a workload was created or updated, a Warning when that
+    workload is a service open to anyone on a cluster (where others can reach it), and
+    one when it sets pod overrides the local backend cannot apply (it renders no pods)."""
     if applied not in APPLY_EVENTS:
         return []
     message = f"{applied.value} {workload.name} on {backend}"
@@ -70,6 +74,15 @@ def apply_events(applied: ApplyResult, workload: Workload, backend: str) -> list
                 EventReason.AUTH_DISABLED,
                 f"{workload.name} serves anyone who can reach it (spec.auth.mode: None); name a "
                 "Secret of API keys in spec.auth.secretName to require keys",
+            )
+        )
+    if workload.pod is not None and backend == LOCAL:
+        events.append(
+            Event(
+                "Warning",
+                EventReason.POD_OVERRIDES_IGNORED,
+                f"{workload.name} runs on the local backend, which ignores spec.pod: pod "
+                "overrides apply to the kuberay backend only",
             )
         )
     return events

@@ -133,12 +133,12 @@ def make_backend(args: argparse.Namespace, api: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    # Timers are registered at import, so their interval must be known before it.
-    os.environ["MODELFLEET_RESYNC_SECONDS"] = str(args.resync_seconds)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Handlers are registered at import, and whether deletes need a finalizer depends on
+    # the backend, so it must be known before the imports.
+    os.environ["MODELFLEET_BACKEND"] = args.backend
+    from controllers.log_context import configure_logging
+
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
 
     import kopf
     from kubernetes import client, config
@@ -147,14 +147,17 @@ def main(argv: list[str] | None = None) -> None:
     import controllers.fusionjob
     import controllers.modelpool
     import controllers.routingpolicy
-    from controllers.context import OperatorContext, configure
+    from controllers.context import FINALIZER, OperatorContext, configure
     from controllers.probes import ensure_peering, serve_probes
+    from controllers.resync import Resync, peering_gate, watch_children
     from modelfleet.core import tls
 
     if args.webhook != "off":
         import controllers.admission  # registers the validating handlers
     if args.backend == "local":
         import controllers.apikeys  # noqa: F401  (follows the Secrets of local API keys)
+    else:
+        watch_children()
 
     try:
         config.load_incluster_config()
@@ -165,9 +168,17 @@ def main(argv: list[str] | None = None) -> None:
     configure(OperatorContext(backend=backend, api=api))
 
     probes: list[Any] = []
+    identity = own_identity()
+    gate = (
+        (lambda _: True)
+        if args.standalone
+        else peering_gate(api, args.peering, identity, args.priority)
+    )
+    resync = Resync(args.resync_seconds, gate, args.namespace)
 
     @kopf.on.cleanup()
     async def stop_probes(**_: Any) -> None:
+        resync.stop()
         for runner in probes:
             await runner.cleanup()
 
@@ -179,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="modelfleet.io", key="last-handled-configuration"
         )
+        settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.WARNING
         settings.execution.max_workers = 8
         settings.watching.server_timeout = 300
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         probes.append(await serve_probes(args.metrics_addr, args.metrics_port))
         if not args.standalone:
             ensure_peering(api, args.peering, args.namespace)
+        resync.start()
 
     kopf.run(
         clusterwide=not args.namespace,
@@ -215,7 +228,17 @@ def main(argv: list[str] | None = None) -> None:
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering,
         priority=args.priority,
+        identity=identity,
     )
+
+
+def own_identity() -> str:
+    """This replica's name in its kopf peering, chosen here rather than by kopf so the
+    resync loop can find itself among the peers (``controllers.resync.leads``)."""
+    import secrets
+    import socket
+
+    return f"modelfleet@{socket.gethostname()}/{secrets.token_hex(4)}"
 
 
 if __name__ == "__main__":

@@ -38,13 +38,19 @@ from modelfleet.core.workload import (
 )
 from modelfleet.serving.plan import ENTRYPOINT as POOL_ENTRYPOINT
 from modelfleet.serving.plan import OPTIONS_KEY
+from modelfleet.serving.replica_names import kill_pool_replicas
 
 RAY_NAMESPACE = "modelfleet"
+log = logging.getLogger(__name__)
 DEPLOYING = "Deploying"
 DEPLOY_FAILED = "DeployFailed"
 MODEL_UNAVAILABLE = "ModelUnavailable"
 UNSCHEDULABLE = "Unschedulable"
 UNSCHEDULABLE_AFTER_S = 10.0
+UNREACHABLE_GRACE_S = 30.0
+"""How long a deployed application may not answer before it is deployed again: Serve's
+controller can be slow to answer under load, and redeploying on the first miss restarted
+healthy pools and flipped their Ready condition on every resync."""
 """How long a rollout waits before a lack of free Ray CPUs is reported as the reason."""
 
 
@@ -109,6 +115,24 @@ class _Rollout:
     future: Future[None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
+    unreachable_since: float | None = None
+
+
+def redeploy_due(unreachable_since: float, now: float) -> bool:
+    """Whether an application that has not answered since ``unreachable_since`` is deployed
+    again now (see ``UNREACHABLE_GRACE_S``)."""
+    return now - unreachable_since >= UNREACHABLE_GRACE_S
+
+
+def unreachable_observation(name: str, error_type: str, overdue: bool) -> Observation:
+    """``ServeUnreachable``, saying whether the application is being deployed again; the
+    same words for every miss of one kind, so repeated misses write no new status."""
+    what = f"{name} does not answer ({error_type})"
+    if overdue:
+        message = f"{what} for {UNREACHABLE_GRACE_S:g}s or more; redeploying it"
+    else:
+        message = f"{what}; deployed again if it still does not in {UNREACHABLE_GRACE_S:g}s"
+    return Observation(WorkloadState.UNAVAILABLE, "ServeUnreachable", message)
 
 
 class LocalServe:
@@ -237,16 +261,24 @@ class LocalServe:
             return Observation(WorkloadState.FAILED, DEPLOY_FAILED, f"{name}: {error}")
         try:
             status = serve_app(workload.entrypoint).app_status(name, route_prefix(owner))
-        except Exception as error:  # Ray and Serve raise many types; all mean: redeploy.
-            with self._lock:
-                if self._rollouts.get(name) is rollout:
-                    del self._rollouts[name]
-            return Observation(
-                WorkloadState.UNAVAILABLE,
-                "ServeUnreachable",
-                f"{name} does not answer ({type(error).__name__}: {error}); redeploying it",
-            )
+        except Exception as failure:  # Ray and Serve raise many types; all mean: unreachable.
+            return self._observe_unreachable(name, rollout, failure)
+        rollout.unreachable_since = None
         return self._observe_running(workload, status)
+
+    def _observe_unreachable(self, name: str, rollout: _Rollout, error: Exception) -> Observation:
+        """``ServeUnreachable``; the application is deployed again (the next apply finds no
+        rollout) only once it has not answered for ``UNREACHABLE_GRACE_S``. The message
+        names the error's type, not its text, so a repeated miss writes no new status."""
+        now = time.monotonic()
+        with self._lock:
+            if rollout.unreachable_since is None:
+                rollout.unreachable_since = now
+            overdue = redeploy_due(rollout.unreachable_since, now)
+            if overdue and self._rollouts.get(name) is rollout:
+                del self._rollouts[name]
+        log.warning("%s does not answer: %s: %s", name, type(error).__name__, error)
+        return unreachable_observation(name, type(error).__name__, overdue)
 
     def _observe_rollout(self, name: str, workload: Workload, rollout: _Rollout) -> Observation:
         """A rollout under way; ``Unschedulable``, with what it needs and what Ray has, when
@@ -304,7 +336,9 @@ class LocalServe:
         )
 
     def delete(self, owner: Owner, workload_name: str) -> None:
-        """Delete the pool's application; its resource is gone, so nothing is drained."""
+        """Delete the pool's application and kill its engine replica actors, which are
+        detached (they outlive the ingress); its resource is gone, so nothing is drained.
+        Idempotent: a second call finds neither."""
         name = app_name(owner, workload_name)
         with self._lock:
             rollout = self._rollouts.pop(name, None)
@@ -316,3 +350,4 @@ class LocalServe:
         with self._app_lock(name):
             self._connect()
             serve.delete(name)
+            kill_pool_replicas(name)

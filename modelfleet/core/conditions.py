@@ -12,6 +12,18 @@ from datetime import datetime
 
 from modelfleet.api.common import Condition, ConditionStatus, ConditionType
 
+MESSAGE_LIMIT = 32768
+"""metav1.Condition's maxLength for message; a longer one would fail the status write."""
+TRUNCATED = " … (truncated)"
+
+
+def truncate_message(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``message`` cut to ``limit`` characters, saying so, when longer (e.g. a long
+    traceback or validation report): the head says what went wrong."""
+    if len(message) <= limit:
+        return message
+    return message[: limit - len(TRUNCATED)] + TRUNCATED
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -36,7 +48,7 @@ def settle_conditions(
                 type=verdict.type,
                 status=verdict.status,
                 reason=verdict.reason,
-                message=verdict.message,
+                message=truncate_message(verdict.message),
                 last_transition_time=(
                     now if old is None or old.status != verdict.status else old.last_transition_time
                 ),

@@ -7,7 +7,15 @@ import threading
 import pytest
 
 from modelfleet.backends.base import Owner
-from modelfleet.backends.local_serve import app_name, route_prefix, run_in_background
+from modelfleet.backends.local_serve import (
+    UNREACHABLE_GRACE_S,
+    app_name,
+    redeploy_due,
+    route_prefix,
+    run_in_background,
+    unreachable_observation,
+)
+from modelfleet.core.workload import WorkloadState
 
 
 def owner(namespace: str, name: str) -> Owner:
@@ -38,3 +46,16 @@ def test_a_failed_rollout_keeps_its_error_for_the_observer() -> None:
     failed = run_in_background(fail, "hf://x")
     with pytest.raises(ValueError, match="hf://x"):
         failed.result(timeout=5)
+
+
+def test_an_unreachable_application_is_redeployed_only_after_the_grace() -> None:
+    """A Serve controller slow to answer must not restart a healthy pool on the first miss,
+    and repeated misses must read the same, so the status is not rewritten every resync."""
+    assert not redeploy_due(100.0, 100.0)
+    assert not redeploy_due(100.0, 100.0 + UNREACHABLE_GRACE_S - 0.1)
+    assert redeploy_due(100.0, 100.0 + UNREACHABLE_GRACE_S)
+    first = unreachable_observation("ns.pool", "RayActorError", overdue=False)
+    again = unreachable_observation("ns.pool", "RayActorError", overdue=False)
+    assert first == again and first.reason == "ServeUnreachable"
+    assert first.state is WorkloadState.UNAVAILABLE
+    assert "redeploying" in unreachable_observation("ns.pool", "RayActorError", True).message
