@@ -48,6 +48,7 @@ from modelfleet.serving.frontend import ServingOptions, pool_settings
 from modelfleet.serving.interface import SamplingParams, TokenEvent
 from modelfleet.serving.manager import PoolManager, Stream
 from modelfleet.serving.replica import EngineReplica, EngineSpec
+from modelfleet.serving.replica_names import kill_pool_replicas
 
 MAX_PROMPT = 160
 MAX_OUTPUT = 480
@@ -138,6 +139,7 @@ async def replay_pool(
     latencies = await asyncio.gather(*(serve_one(manager, r, start) for r in trace))
     migrations = manager.migrations
     await manager.shutdown()
+    kill_pool_replicas(app)
     return list(latencies), migrations
 
 

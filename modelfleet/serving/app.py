@@ -3,8 +3,11 @@
 KubeRay's RayService (and the local backend) import ``modelfleet.serving.app:build``
 with the ModelPoolSpec in its camelCase wire form. One ingress replica serves FastAPI
 through a :class:`~modelfleet.serving.frontend.PoolFrontend`, which runs one
-:class:`~modelfleet.serving.manager.PoolManager` per served model; the managers own the
-engine replica actors, so dispatch, migration and recovery see individual engines.
+:class:`~modelfleet.serving.manager.PoolManager` per served model; the managers place
+requests on the engine replica actors, so dispatch, migration and recovery see
+individual engines. Those actors are detached: when the ingress crashes or is
+redeployed, the next ingress adopts them by name (see the manager), and only the
+requests whose connections were in the dead ingress are cut off.
 
 The spec travels as the deployment's ``user_config`` and reaches the ingress through
 ``reconfigure``; :func:`deploy` applies a new replica count or migration setting to the

@@ -9,6 +9,7 @@ the pool, interleaved into one response.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from modelfleet.serving.openai_requests import (
 )
 from modelfleet.serving.plan import OPTIONS_KEY
 from modelfleet.serving.replica import EngineSpec
+from modelfleet.serving.replica_names import DEFAULT_NAMESPACE, kill_unserved_replicas
 from modelfleet.serving.responses import (
     ChoiceFormat,
     cancel_all,
@@ -77,7 +79,7 @@ class ServingOptions(ApiModel):
     replica_num_cpus: float = Field(default=1.0, ge=0)
     control_interval_s: float = Field(default=0.2, gt=0)
     retry_after_s: int = Field(default=1, ge=1)
-    namespace: str = "modelfleet"
+    namespace: str = DEFAULT_NAMESPACE
 
 
 def split_args(args: dict[str, Any]) -> tuple[ModelPoolSpec, ServingOptions, str]:
@@ -164,6 +166,11 @@ class PoolFrontend:
         spec = ModelPoolSpec.model_validate(config)
         self._slo = spec.slo
         self._gate.configure(spec.auth)
+        if not self._pools:
+            served = [model.name for model in self._models]
+            await asyncio.to_thread(
+                kill_unserved_replicas, self._app, served, self._options.namespace
+            )
         for model in self._models:
             if model.name not in self._pools:
                 settings = pool_settings(model, spec, self._options, self._app)
@@ -173,7 +180,7 @@ class PoolFrontend:
             )
 
     async def shutdown(self) -> None:
-        """Stop every manager and its replica actors."""
+        """Stop every manager; the replica actors stay for the next ingress to adopt."""
         for pool in self._pools.values():
             await pool.shutdown()
 

@@ -15,6 +15,19 @@ lives, which Ray Serve's router does not. It
 * scales in place: new replicas join, surplus ones are drained (every request migrated
   off) before they are removed.
 
+The replicas are detached actors named per pool, model and slot
+(:mod:`~modelfleet.serving.replica_names`), so they outlive the ingress process. A
+manager in a (re)started ingress adopts the replica it finds under each slot's name when
+that replica was built from the same engine spec (same config hash), and replaces it
+otherwise; replicas of its model in slots beyond the desired count are killed. Requests
+that ran in the engines keep running while the ingress is down, but their clients'
+connections lived in the dead ingress: Serve's proxy ends those responses mid-stream
+(a streaming client sees its connection close before ``[DONE]``, which the OpenAI
+client raises as ``APIConnectionError``; a non-streaming one gets an error status),
+and the replicas abort those requests once the dead manager has not polled them for
+``orphan_after_s``. Requests placed later are served by the adopted replicas without
+any replica being restarted.
+
 A request's tokens are accepted only at the next index, so events that reach the manager
 twice (from a source before and a target after a migration) are dropped, and the client
 stream stays continuous.
@@ -47,15 +60,30 @@ from modelfleet.serving.dispatch import (
 from modelfleet.serving.interface import RequestState, SamplingParams, TokenEvent
 from modelfleet.serving.kvcache import OutOfBlocksError
 from modelfleet.serving.migration import Move, RequestView, plan_drain, plan_rebalance
-from modelfleet.serving.replica import EngineReplica, EngineSpec, ReplicaDrainingError, Span
+from modelfleet.serving.replica import (
+    EngineReplica,
+    EngineSpec,
+    ReplicaDrainingError,
+    ReplicaInfo,
+    Span,
+)
+from modelfleet.serving.replica_names import DEFAULT_NAMESPACE, model_replica_names, replica_name
 
 log = logging.getLogger(__name__)
+
+REPLACE_ATTEMPTS = 3
+"""How often a manager replaces a stale replica in one slot before it gives up."""
 
 _REMOTE_REPLICA: Any = ray.remote(EngineReplica)
 
 
 class OverloadedError(RuntimeError):
     """The pool is at its queue bound; the client should retry later."""
+
+
+class SupersededError(RuntimeError):
+    """A replica slot holds a replica of another spec that a newer ingress started; this
+    manager's ingress is being replaced, so it leaves the slot alone."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +106,13 @@ class PoolSettings:
     control_interval_s: float = 0.2
     poll_timeout_s: float = 1.0
     replica_num_cpus: float = 1.0
-    namespace: str = "modelfleet"
+    namespace: str = DEFAULT_NAMESPACE
     name_prefix: str = "pool"
+    """The pool's application name: replica actors are named ``<prefix>:<model>:<slot>``."""
+    orphan_after_s: float = 10.0
+    """A replica aborts the requests of a manager that has not polled it for this long."""
+    release_timeout_s: float = 30.0
+    """How long to wait for Ray to release the name of a replica that was killed."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +192,7 @@ class Replica:
     """A replica actor the manager owns, and the task polling its events."""
 
     name: str
+    slot: int
     actor: Any
     total_blocks: int
     """KV blocks the replica's engine reported at start (vLLM sizes its pool to the GPU)."""
@@ -175,9 +209,11 @@ class PoolManager:
         self._replicas: dict[str, Replica] = {}
         self._streams: dict[str, Stream] = {}
         self._in_flight: Counter[str] = Counter()
-        self._serial = itertools.count()
-        # Unique per manager: a redeploy starts a new ingress while the old one still runs.
-        self._name_prefix = f"{settings.name_prefix}-{settings.model}-{secrets.token_hex(3)}"
+        # Replicas may serve two managers at once (old and new ingress during a redeploy);
+        # each polls only the events of the requests it placed.
+        self._owner = secrets.token_hex(8)
+        self._config_hash = settings.engine.config_hash()
+        self._adopted = False
         self._turn = itertools.count()
         self._rng = random.Random()
         self._scaling = asyncio.Lock()
@@ -186,6 +222,7 @@ class PoolManager:
         self.migrations = 0
         self.recoveries = 0
         self.replica_failures = 0
+        self.adoptions = 0
 
     async def configure(self, replicas: int, migration: bool, max_concurrent: int) -> None:
         """Apply a new replica count and migration settings without dropping streams.
@@ -216,7 +253,7 @@ class PoolManager:
         stream = Stream(request_id, tuple(prompt), seeded, priority, replica.name)
         self._streams[request_id] = stream
         try:
-            await replica.actor.add.remote(request_id, stream.prompt, seeded, priority)
+            await replica.actor.add.remote(request_id, stream.prompt, seeded, priority, self._owner)
         except ValueError:
             del self._streams[request_id]
             raise
@@ -264,15 +301,23 @@ class PoolManager:
             "migrations": self.migrations,
             "recoveries": self.recoveries,
             "replicaFailures": self.replica_failures,
+            "adoptions": self.adoptions,
         }
 
     async def shutdown(self) -> None:
-        """Stop background work and kill every replica actor."""
+        """Stop background work and abort this manager's requests on its replicas.
+
+        The replica actors stay: the next ingress adopts them, and the pool's deletion
+        kills them (:func:`~modelfleet.serving.replica_names.kill_pool_replicas`).
+        """
         for task in [self._control, *self._tasks]:
             if task is not None:
                 task.cancel()
-        for replica in list(self._replicas.values()):
-            self._remove(replica)
+        for replica in self._replicas.values():
+            if replica.pump is not None:
+                replica.pump.cancel()
+        releases = [r.actor.release.remote(self._owner) for r in self._replicas.values()]
+        await asyncio.gather(*releases, return_exceptions=True)
 
     def _dispatch(self, views: list[ReplicaView], priority: int) -> Replica:
         if self.settings.dispatch is DispatchPolicy.ROUND_ROBIN:
@@ -362,7 +407,7 @@ class PoolManager:
         try:
             for _ in range(self.settings.staging_rounds):
                 chunk = source.actor.export_kv_blocks.remote(rid, end)
-                count, end = await target.actor.import_kv_blocks.remote(rid, chunk)
+                count, end = await target.actor.import_kv_blocks.remote(rid, chunk, self._owner)
                 staged += count
                 if count <= 1:
                     break
@@ -379,7 +424,7 @@ class PoolManager:
         stream.deliver_tokens(state.output_token_ids)
         stream.replica = target.name
         try:
-            imported: Span = await target.actor.import_request.remote(state)
+            imported: Span = await target.actor.import_request.remote(state, self._owner)
         except (RayActorError, ValueError, ReplicaDrainingError) as error:
             log.warning("import of %s into %s failed, recomputing: %s", rid, target.name, error)
             await self._abort_quietly(target, rid)
@@ -413,7 +458,7 @@ class PoolManager:
                 continue
             stream.replica = replica.name
             try:
-                await replica.actor.import_request.remote(state)
+                await replica.actor.import_request.remote(state, self._owner)
             except (RayActorError, ReplicaDrainingError):
                 await asyncio.sleep(self.settings.control_interval_s)
                 continue
@@ -428,7 +473,7 @@ class PoolManager:
         """Forward a replica's token events to their streams until the replica goes away."""
         while True:
             try:
-                events = await replica.actor.poll.remote(self.settings.poll_timeout_s)
+                events = await replica.actor.poll.remote(self.settings.poll_timeout_s, self._owner)
             except RayActorError:
                 await self._on_replica_died(replica)
                 return
@@ -453,29 +498,107 @@ class PoolManager:
         await asyncio.gather(*(self._resume(stream) for stream in orphans))
 
     async def _reconcile(self) -> None:
-        """Add or drain replicas until the serving count is the desired one."""
+        """Add or drain replicas until the serving count is the desired one.
+
+        The first reconcile adopts what a previous ingress left and kills its strays.
+        """
         async with self._scaling:
-            while self._serving_count() != self._desired:
-                if self._serving_count() < self._desired:
-                    await self._add_replica()
-                else:
-                    serving = [r for r in self._replicas.values() if not r.draining]
-                    load = Counter(s.replica for s in self._streams.values())
-                    await self._drain(min(serving, key=lambda r: (load[r.name], r.name)))
+            try:
+                while self._serving_count() != self._desired:
+                    if self._serving_count() < self._desired:
+                        await self._add_replica()
+                    else:
+                        serving = [r for r in self._replicas.values() if not r.draining]
+                        load = Counter(s.replica for s in self._streams.values())
+                        await self._drain(min(serving, key=lambda r: (load[r.name], r.name)))
+            except SupersededError as error:
+                log.warning("%s", error)
+            if not self._adopted:
+                self._adopted = True
+                await self._kill_strays()
 
     async def _add_replica(self) -> None:
-        name = f"{self._name_prefix}-{next(self._serial)}"
-        actor = _REMOTE_REPLICA.options(
+        """Fill the lowest free slot with the replica running under its name, or a new one.
+
+        The running one is adopted when it was built from this manager's spec and is not
+        draining; otherwise, on the first reconcile, it is stale and replaced. Later it
+        can only have been started by a newer ingress: ``SupersededError``. The old
+        ingress may refill a slot while it is being replaced, so replacing is retried.
+        """
+        slot = min(set(range(len(self._replicas) + 1)) - {r.slot for r in self._replicas.values()})
+        name = replica_name(self.settings.name_prefix, self.settings.model, slot)
+        for _ in range(REPLACE_ATTEMPTS):
+            actor, info = await self._start(name)
+            if info.config_hash == self._config_hash and not info.draining:
+                break
+            if self._adopted:
+                raise SupersededError(f"replica {name} runs another spec, of a newer ingress")
+            log.info("replacing replica %s: it runs another spec or is draining", name)
+            await self._kill(name, actor)
+        else:
+            raise RuntimeError(f"replica {name} kept being replaced by one of another spec")
+        if info.already_running:
+            log.info("adopted running replica %s", name)
+            self.adoptions += 1
+        replica = Replica(name, slot, actor, info.load.blocks_used + info.load.blocks_free)
+        replica.pump = asyncio.get_running_loop().create_task(self._pump(replica))
+        self._replicas[name] = replica
+
+    async def _start(self, name: str) -> tuple[Any, ReplicaInfo]:
+        """Find or create the detached replica ``name`` and start it. A dead actor may
+        still hold the name for a moment: then its release is waited for and the replica
+        created anew (a constructor that fails raises ``RayActorError`` as before)."""
+        actor = self._actor(name)
+        try:
+            info: ReplicaInfo = await actor.start.remote()
+        except RayActorError:
+            await self._released(name)
+            actor = self._actor(name)
+            info = await actor.start.remote()
+        return actor, info
+
+    def _actor(self, name: str) -> Any:
+        """The live actor called ``name``, or a new replica under that name."""
+        return _REMOTE_REPLICA.options(
             name=name,
             namespace=self.settings.namespace,
+            lifetime="detached",
+            get_if_exists=True,
             num_cpus=self.settings.replica_num_cpus,
             num_gpus=self.settings.engine.gpus(),
             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-        ).remote(self.settings.engine)
-        load = await actor.start.remote()
-        replica = Replica(name, actor, load.blocks_used + load.blocks_free)
-        replica.pump = asyncio.get_running_loop().create_task(self._pump(replica))
-        self._replicas[name] = replica
+        ).remote(self.settings.engine, self.settings.orphan_after_s)
+
+    async def _kill(self, name: str, actor: Any) -> None:
+        """Kill a detached replica and wait until its name (its slot) is free again."""
+        ray.kill(actor)
+        await self._released(name)
+
+    async def _released(self, name: str) -> None:
+        """Wait until no live actor holds ``name``; ``TimeoutError`` if one keeps it."""
+        deadline = time.monotonic() + self.settings.release_timeout_s
+        while True:
+            try:
+                ray.get_actor(name, namespace=self.settings.namespace)
+            except ValueError:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Ray did not release the replica actor name {name!r}")
+            await asyncio.sleep(0.05)
+
+    async def _kill_strays(self) -> None:
+        """Kill replicas of this model that a previous ingress left in slots this manager
+        did not fill (it ran more replicas than are desired now)."""
+        names = model_replica_names(
+            self.settings.name_prefix, self.settings.model, self.settings.namespace
+        )
+        for name in set(names) - set(self._replicas):
+            log.info("killing replica %s, left by a previous ingress beyond the desired", name)
+            try:
+                actor = ray.get_actor(name, namespace=self.settings.namespace)
+            except ValueError:
+                continue
+            await self._kill(name, actor)
 
     async def _drain(self, replica: Replica) -> None:
         """Migrate every request off ``replica``, then remove it."""
@@ -488,7 +611,7 @@ class PoolManager:
                 moves = []
             await self._run_limited(moves)
             await asyncio.sleep(self.settings.control_interval_s)
-        self._remove(replica)
+        await self._remove(replica)
 
     async def _run_limited(self, moves: Sequence[Move]) -> None:
         """Run moves with at most ``max_concurrent`` in flight, as the spec asks."""
@@ -500,11 +623,12 @@ class PoolManager:
 
         await asyncio.gather(*(run(move) for move in moves))
 
-    def _remove(self, replica: Replica) -> None:
+    async def _remove(self, replica: Replica) -> None:
+        """Retire a drained replica: the actor is detached, so it must be killed."""
         self._replicas.pop(replica.name, None)
         if replica.pump is not None:
             replica.pump.cancel()
-        ray.kill(replica.actor)
+        await self._kill(replica.name, replica.actor)
 
     async def _abort_quietly(self, replica: Replica, request_id: str) -> None:
         """Abort where the replica may already be gone: nothing is left to free then."""

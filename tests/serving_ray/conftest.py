@@ -27,6 +27,7 @@ from modelfleet.serving.checkpoint import load_decoder
 from modelfleet.serving.interface import SamplingParams
 from modelfleet.serving.model import Decoder
 from modelfleet.serving.model_tokenizer import HfTokenizer
+from modelfleet.serving.replica_names import kill_pool_replicas
 from modelfleet.serving.tokenizer import ByteTokenizer
 from modelfleet.serving.torch_engine import EngineConfig, TorchEngine
 from modelfleet.zoo.cache import ensure_model
@@ -79,12 +80,14 @@ def serve_url(zoo_model: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def pool(serve_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A pool named after the test module, at ``/<name>``; its base URL for clients."""
+    """A pool named after the test module, at ``/<name>``; its base URL for clients. Its
+    engine replicas are detached actors, so they are killed with it."""
     name = request.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
     spec = getattr(request.module, "SPEC", pool_spec(2))
     deploy(spec, name=name, route_prefix=f"/{name}")
     yield f"{serve_url}/{name}"
     serve.delete(name)
+    kill_pool_replicas(name)
 
 
 def client(base_url: str) -> openai.OpenAI:

@@ -29,13 +29,15 @@ def test_killed_replica_stream_continues_identically(pool: str, temperature: flo
     first = next(chunks)
     head = first.choices[0].model_extra["token_ids"] + read_tokens(chunks, 40)
     victim = serve.get_app_handle(name).locate.remote(first.id).result()
-    ray.kill(ray.get_actor(victim, namespace="modelfleet"))
+    killed = ray.get_actor(victim, namespace="modelfleet")
+    ray.kill(killed)
     tail = read_tokens(chunks)
     assert head + tail == expected
     after = _wait_for_replicas(name, before["readyReplicas"])
     assert after["recoveries"] >= before["recoveries"] + 1
     assert after["replicaFailures"] == before["replicaFailures"] + 1
-    assert victim not in after["replicas"]
+    assert victim in after["replicas"], "a new replica fills the dead one's slot"
+    assert ray.get_actor(victim, namespace="modelfleet")._actor_id != killed._actor_id
 
 
 def _wait_for_replicas(name: str, count: int) -> dict[str, Any]:
