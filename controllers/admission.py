@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -100,6 +101,23 @@ def _validator(info: KindInfo) -> Any:
     return validate
 
 
+def _counting_errors(kind: str, validate: Callable[..., None]) -> Callable[..., None]:
+    """Count the reviews whose validation raised instead of giving a verdict: kopf then
+    admits the object (ignore_failures), so only this counter shows the check is broken."""
+
+    @functools.wraps(validate)
+    def counted(**kwargs: Any) -> None:
+        try:
+            validate(**kwargs)
+        except kopf.AdmissionError:
+            raise
+        except Exception as error:
+            metrics.ADMISSION_ERRORS.labels(kind=kind, error=type(error).__name__).inc()
+            raise
+
+    return counted
+
+
 for _info in KINDS:
     kopf.on.validate(
         _info.group,
@@ -110,4 +128,4 @@ for _info in KINDS:
         # A stopped operator must not block every write to these kinds; the
         # controller still marks a bad spec InvalidSpec when the webhook is down.
         ignore_failures=True,
-    )(_validator(_info))
+    )(_counting_errors(_info.kind, _validator(_info)))

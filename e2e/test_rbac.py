@@ -55,10 +55,9 @@ def helm(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def release(cluster: LocalCluster, kube: Kube) -> Iterator[str]:
-    """The chart installed with Helm, leaving out the CRDs (the session's are used)."""
-    kube("apply", "-f", str(ROOT / "e2e" / "fixtures" / "kuberay-crds.yaml"))
-    kube("wait", "--for=condition=Established", "crd/rayjobs.ray.io", "crd/rayservices.ray.io")
+def release(cluster: LocalCluster, kube: Kube, kuberay_crds: None) -> Iterator[str]:
+    """The chart installed with Helm, leaving out the CRDs (the session's are used, with
+    KubeRay's real ones)."""
     installed = helm(
         cluster,
         "install",
@@ -66,6 +65,7 @@ def release(cluster: LocalCluster, kube: Kube) -> Iterator[str]:
         str(CHART),
         "--create-namespace",
         "--set=crds.install=false",
+        "--set=operator.peering.installCRDs=false",
         "--set=grafanaDashboard.enabled=false",
     )
     assert installed.returncode == 0, installed.stderr
@@ -197,6 +197,18 @@ def test_operator_watching_a_namespace_needs_nothing_beyond_the_chart_role(
     )
     assert upgraded.returncode == 0, upgraded.stderr
     kubeconfig = _token_kubeconfig(cluster, kube, release, tmp_path / "kubeconfig")
+
+    def can(*args: str) -> bool:
+        answer = kube("auth", "can-i", *args, f"--kubeconfig={kubeconfig}", check=False)
+        return answer.strip().startswith("yes")
+
+    # The resources are granted in the watched namespace only, by the chart's Role there.
+    assert can("watch", "modelpools.modelfleet.io", "-n", watched)
+    assert can("create", "rayservices.ray.io", "-n", watched)
+    assert not can("watch", "modelpools.modelfleet.io", "--all-namespaces")
+    assert not can("create", "rayservices.ray.io", "-n", WORKLOADS)
+    assert not can("get", "clusterkopfpeerings.kopf.dev")
+    assert kube.get("rolebinding", release, "-n", watched)["roleRef"]["kind"] == "Role"
     operator = start_operator(
         "--backend=kuberay",
         "--webhook=off",

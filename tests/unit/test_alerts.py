@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import controllers.metrics  # noqa: F401  (registers the operator's metrics)
+from controllers.metrics import DOMAIN_FAMILIES  # importing registers the operator's metrics
 from modelfleet.devcluster.tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,8 +21,19 @@ ALERTS = ROOT / "charts" / "modelfleet" / "files" / "alerts.yaml"
 ALERT_TESTS = ROOT / "monitoring" / "alerts_test.yaml"
 DASHBOARD = ROOT / "charts" / "modelfleet" / "files" / "dashboard.json"
 
-# The one series the alerts may use besides the operator's own: Prometheus' scrape health.
-PROMETHEUS_SERIES = {"up"}
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+RUNBOOK_URL = "https://github.com/modelfleet/modelfleet/blob/main/docs/runbooks.md#"
+
+# The series the alerts may use besides the operator's own: Prometheus' scrape health, and
+# the API server's count of webhook calls that got no answer (its `apiserver` scrape job).
+PROMETHEUS_SERIES = {
+    "up",
+    "apiserver_admission_webhook_fail_open_count",
+    "apiserver_admission_webhook_rejection_count",
+}
+# Dashboard variables, and the label each one filters on.
+VARIABLES = {"kind": "kind", "namespace": "namespace", "name": "name"}
+_SELECTOR = re.compile(r"\b([a-zA-Z_:][\w:]*)(\{[^}]*\})?(?=\s*(?:\[|\)|==|$|\s))")
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _MATCHERS = re.compile(r"\{[^}]*\}")
@@ -63,13 +74,18 @@ def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in groups for rule in group["rules"]]
 
 
-def dashboard_queries() -> Iterator[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    panels = list(dashboard["panels"])
+def panel_queries() -> Iterator[str]:
+    panels = list(json.loads(DASHBOARD.read_text())["panels"])
     while panels:
         panel = panels.pop()
         panels.extend(panel.get("panels", []))
         yield from (target["expr"] for target in panel.get("targets", []))
+
+
+def dashboard_queries() -> Iterator[str]:
+    """The panels' queries, and the metric each variable reads its values from."""
+    yield from panel_queries()
+    dashboard = json.loads(DASHBOARD.read_text())
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             match = _LABEL_VALUES.match(variable["query"]["query"])
@@ -118,11 +134,26 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
         assert any(not case["exp_alerts"] for case in mine), f"{rule['alert']} always fires"
 
 
+def runbook_anchors() -> set[str]:
+    """GitHub's anchors of the second-level headings of docs/runbooks.md."""
+    headings = re.findall(r"^## (.+)$", RUNBOOKS.read_text(), re.MULTILINE)
+    return {
+        re.sub(r"[^\w-]", "", heading.strip().lower().replace(" ", "-")) for heading in headings
+    }
+
+
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
 def test_alert_has_severity_and_runbook(rule: dict[str, Any]) -> None:
     assert rule["labels"]["severity"] in {"critical", "warning"}
     assert len(rule["annotations"]["runbook"].split()) >= 15, "the runbook says what to check"
     assert rule["annotations"]["summary"]
+    url = rule["annotations"]["runbook_url"]
+    assert url == RUNBOOK_URL + rule["alert"].lower(), url
+    assert url.removeprefix(RUNBOOK_URL) in runbook_anchors(), f"docs/runbooks.md lacks {url}"
+
+
+def test_every_runbook_belongs_to_an_alert() -> None:
+    assert runbook_anchors() == {rule["alert"].lower() for rule in alert_rules()}
 
 
 def test_alerts_use_exported_metrics() -> None:
@@ -156,3 +187,50 @@ def test_dashboard_queries_use_only_exported_metrics() -> None:
         "modelfleet_modelpool_migrations_total",
         "modelfleet_fedjob_rounds_completed",
     } <= used
+
+
+def resource_series() -> set[str]:
+    """The series labelled with one resource's namespace and name."""
+    lifecycle = {n for n in exported_metrics() if n.startswith("modelfleet_resource_")}
+    return {family.name for family in DOMAIN_FAMILIES} | lifecycle
+
+
+def kind_series() -> set[str]:
+    """The operator's series labelled with a kind: all but the per-resource domain ones."""
+    domain = {family.name for family in DOMAIN_FAMILIES}
+    return {n for n in exported_metrics() if n.startswith("modelfleet_") and n not in domain}
+
+
+def required_variables(metric: str) -> set[str]:
+    """The dashboard variables a query must filter ``metric`` by: those of its labels."""
+    required = set()
+    if metric in resource_series():
+        required |= {"namespace", "name"}
+    if metric in kind_series():
+        required.add("kind")
+    return required
+
+
+def test_dashboard_has_kind_namespace_and_name_variables() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name, label in VARIABLES.items():
+        query = variables[name]["query"]["query"]
+        assert query.startswith("label_values(") and query.endswith(f", {label})"), query
+        assert variables[name]["includeAll"] and variables[name]["multi"]
+    # Narrowing the kind narrows the namespaces, and the namespace the names.
+    assert "$kind" in variables["namespace"]["query"]["query"]
+    assert "$namespace" in variables["name"]["query"]["query"]
+
+
+def test_every_panel_query_filters_by_the_variables_of_its_series() -> None:
+    per_resource = 0
+    for query in panel_queries():
+        for metric, selector in _SELECTOR.findall(query):
+            if not metric.startswith("modelfleet_"):
+                continue
+            for variable in required_variables(metric):
+                matcher = f'{VARIABLES[variable]}=~"${variable}"'
+                assert matcher in selector, f"{metric} in {query!r} is not filtered by {matcher}"
+            per_resource += "name" in required_variables(metric)
+    assert per_resource >= 6, "the per-resource panels filter by namespace and name"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import re
 import shutil
@@ -16,10 +17,14 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from controllers.resync import CHILD_PLURALS
 from modelfleet.api.registry import KINDS
+from modelfleet.backends.kuberay import PLURALS as KUBERAY_PLURALS
 from modelfleet.backends.kuberay import WORKLOAD_LABEL
 from modelfleet.core.pod_security import restricted_violations
 from modelfleet.devcluster.tools import find_tool
@@ -186,8 +191,15 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(default: list[Obj]) 
     expected[("", "nodes")] = ["list"]
     expected[("", "events")] = ["create", "patch"]
     expected[("events.k8s.io", "events")] = ["create", "patch"]
-    for plural in ("clusterkopfpeerings", "kopfpeerings"):
-        expected[("kopf.dev", plural)] = ["create", "get", "list", "patch", "update", "watch"]
+    # Watching the whole cluster, kopf peers through a ClusterKopfPeering only.
+    expected[("kopf.dev", "clusterkopfpeerings")] = [
+        "create",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ]
     expected[("apiextensions.k8s.io", "customresourcedefinitions")] = ["list", "watch"]
     assert rules == expected
     assert all("*" not in rule["verbs"] and "delete" not in rule["verbs"] for rule in role["rules"])
@@ -197,6 +209,83 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(default: list[Obj]) 
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
     ]
+
+
+def _grants(role: Obj) -> dict[tuple[str, str], set[str]]:
+    """(API group, resource) -> verbs of a Role or ClusterRole."""
+    grants: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                grants.setdefault((group, resource), set()).update(rule["verbs"])
+    return grants
+
+
+def test_watching_namespaces_grants_the_resources_per_namespace() -> None:
+    objects = render("operator.watchNamespaces={team-a,team-b}")
+    cluster = _grants(one(objects, "ClusterRole"))
+    # Only what has no namespace stays cluster-wide.
+    assert cluster == {
+        ("", "namespaces"): {"list", "watch"},
+        ("", "nodes"): {"list"},
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    }
+    roles = {r["metadata"]["namespace"]: r for r in by_kind(objects, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in by_kind(objects, "RoleBinding")}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    cluster_wide = _grants(one(render(), "ClusterRole"))
+    for namespace, role in roles.items():
+        grants = _grants(role)
+        # Everything the cluster-wide install grants on namespaced resources, peering
+        # through a KopfPeering in the namespace instead of the ClusterKopfPeering.
+        namespaced = {k: v for k, v in cluster_wide.items() if k not in cluster}
+        peering = namespaced.pop(("kopf.dev", "clusterkopfpeerings"))
+        assert grants == {**namespaced, ("kopf.dev", "kopfpeerings"): peering}, namespace
+        binding = bindings[namespace]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+        ]
+
+
+# The verb each Kubernetes client method needs, by the method's first word.
+CLIENT_VERBS = {
+    "get": "get",
+    "read": "get",
+    "list": "list",
+    "create": "create",
+    "replace": "update",
+    "patch": "patch",
+    "delete": "delete",
+}
+
+
+def kuberay_ray_verbs() -> dict[str, set[str]]:
+    """The verbs modelfleet/backends/kuberay.py calls on each ray.io plural, read from its
+    source: every `*_namespaced_custom_object` call, on every plural of PLURALS."""
+    source = (ROOT / "modelfleet" / "backends" / "kuberay.py").read_text()
+    methods = set(re.findall(r"\.(\w+)_namespaced_custom_object\(", source))
+    unknown = methods - set(CLIENT_VERBS)
+    assert not unknown, f"map {unknown} to an RBAC verb in CLIENT_VERBS"
+    verbs = {plural: {CLIENT_VERBS[m] for m in methods} for plural in KUBERAY_PLURALS.values()}
+    for plural in CHILD_PLURALS:  # watched with kopf.on.event besides being called
+        verbs.setdefault(plural, set()).update({"list", "watch"})
+    return verbs
+
+
+@pytest.mark.parametrize("values", [[], ["operator.watchNamespaces={team-a}"]])
+def test_ray_verbs_are_exactly_those_the_kuberay_backend_calls(values: list[str]) -> None:
+    assert kuberay_ray_verbs()["rayjobs"] >= {"get", "create", "update"}
+    objects = render(*values)
+    role = one(objects, "Role" if values else "ClusterRole")
+    granted = {
+        resource: verbs for (group, resource), verbs in _grants(role).items() if group == "ray.io"
+    }
+    assert granted == kuberay_ray_verbs()
 
 
 def test_only_the_local_backend_watches_secrets() -> None:
@@ -372,6 +461,85 @@ def test_webhook_off() -> None:
     assert len(by_kind(objects, "Service")) == 1
 
 
+def _ca_pem() -> str:
+    """A CA certificate as a user would bring one."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "corp-ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _webhook_objects(*sets: str) -> list[Obj]:
+    """The objects that carry the webhook's certificate, as rendered."""
+    kinds = ("Secret", "ValidatingWebhookConfiguration", "Certificate", "Issuer", "Deployment")
+    return [o for o in render(*sets) if o["kind"] in kinds]
+
+
+@pytest.mark.parametrize("base64_value", [False, True])
+def test_existing_secret_serves_the_webhook_the_same_on_every_render(base64_value: bool) -> None:
+    pem = _ca_pem()
+    bundle = base64.b64encode(pem.encode()).decode()
+    values = [
+        "webhook.existingSecret=corp-webhook-tls",
+        f"webhook.caBundle={bundle if base64_value else pem}",
+    ]
+    objects = render(*values)
+    assert not by_kind(objects, "Secret") and not by_kind(objects, "Certificate")
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    tls = next(v for v in volumes if v["name"] == "webhook-tls")
+    assert tls["secret"]["secretName"] == "corp-webhook-tls"
+    config = one(objects, "ValidatingWebhookConfiguration")
+    for webhook in config["webhooks"]:
+        registered = _load_cert(webhook["clientConfig"]["caBundle"])
+        assert registered == x509.load_pem_x509_certificate(pem.encode())
+    assert "annotations" not in config["metadata"]
+    # What a GitOps tool compares: two renders are the same objects.
+    assert _webhook_objects(*values) == _webhook_objects(*values)
+
+
+def test_cert_manager_renders_the_same_on_every_render() -> None:
+    assert _webhook_objects("certManager.enabled=true") == _webhook_objects(
+        "certManager.enabled=true"
+    )
+
+
+def test_chart_generated_certificate_changes_on_every_render() -> None:
+    """Why GitOps needs one of the two above: without lookup each render makes a new CA."""
+    first, second = (one(render(), "Secret")["data"]["ca.crt"] for _ in range(2))
+    assert first != second
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["webhook.existingSecret=corp-tls"], "webhook.caBundle is required with"),
+        (
+            ["webhook.existingSecret=corp-tls", "webhook.caBundle=bm90IGEgY2VydA=="],
+            "webhook.caBundle is neither a PEM certificate nor the base64 of one",
+        ),
+        (["webhook.caBundle=bm90IGEgY2VydA=="], "webhook.caBundle is used only with"),
+        (
+            ["webhook.existingSecret=corp-tls", "certManager.enabled=true"],
+            "certManager.enabled=true has cert-manager issue it",
+        ),
+    ],
+)
+def test_webhook_certificate_values_are_checked(values: list[str], message: str) -> None:
+    result = helm("template", RELEASE, str(CHART), *(f"--set={v}" for v in values))
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
 def _crd_content(crd: Obj) -> Obj:
     """A CRD without the chart's labels and annotations."""
     meta = {k: v for k, v in crd["metadata"].items() if k not in ("labels", "annotations")}
@@ -389,7 +557,19 @@ def test_crds_equal_the_generated_ones_and_are_kept(default: list[Obj]) -> None:
     assert {c["metadata"]["name"]: _crd_content(c) for c in rendered} == generated
     for crd in rendered:
         assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    assert not by_kind(render("crds.install=false"), "CustomResourceDefinition")
+    kopf_crds = {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    assert kopf_crds < {c["metadata"]["name"] for c in rendered}
+    # The peering CRDs have their own switch: another kopf operator may own them.
+    only_peering = by_kind(render("crds.install=false"), "CustomResourceDefinition")
+    assert {c["metadata"]["name"] for c in only_peering} == kopf_crds
+    without_peering = by_kind(
+        render("operator.peering.installCRDs=false"), "CustomResourceDefinition"
+    )
+    assert {c["metadata"]["name"] for c in without_peering} == set(generated) - kopf_crds
+    assert not by_kind(
+        render("crds.install=false", "operator.peering.installCRDs=false"),
+        "CustomResourceDefinition",
+    )
     for crd in by_kind(render("crds.keep=false"), "CustomResourceDefinition"):
         assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
 

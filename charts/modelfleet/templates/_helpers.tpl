@@ -60,8 +60,13 @@ app.kubernetes.io/part-of: modelfleet
 {{- printf "%s-metrics" (include "modelfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The webhook's serving certificate: the user's webhook.existingSecret, else the chart's. */}}
 {{- define "modelfleet.webhookSecretName" -}}
+{{- if .Values.webhook.existingSecret }}
+{{- .Values.webhook.existingSecret }}
+{{- else }}
 {{- printf "%s-webhook-tls" (include "modelfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
 {{- end }}
 
 {{/* The kinds the operator reconciles, as plural resource names, from the generated CRDs. */}}
@@ -71,4 +76,15 @@ app.kubernetes.io/part-of: modelfleet
 {{- $plurals = append $plurals (fromYaml ($.Files.Get $path)).spec.names.plural }}
 {{- end }}
 {{- join " " $plurals }}
+{{- end }}
+
+{{/* webhook.caBundle as the webhook configuration wants it, base64 of the PEM; the value may
+be either the PEM itself (--set-file) or its base64. */}}
+{{- define "modelfleet.webhookCABundle" -}}
+{{- $value := required "webhook.caBundle is required with webhook.existingSecret: the PEM (or its base64) of the CA that signed the Secret's tls.crt" .Values.webhook.caBundle | trim }}
+{{- $pem := ternary $value (b64dec $value) (hasPrefix "-----BEGIN" $value) }}
+{{- if not (contains "-----BEGIN CERTIFICATE-----" $pem) }}
+{{- fail "webhook.caBundle is neither a PEM certificate nor the base64 of one: set it to the CA certificate, e.g. --set-file webhook.caBundle=ca.crt" }}
+{{- end }}
+{{- $pem | b64enc }}
 {{- end }}
