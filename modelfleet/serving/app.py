@@ -48,6 +48,7 @@ class PoolIngress:
     ) -> None:
         app = serve.get_replica_context().app_name
         self._frontend = PoolFrontend(models, options, app, keys_dir)
+        self._frontend.kill_unserved_replicas()
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve's ``user_config`` hook: the spec, applied in place."""

@@ -9,7 +9,6 @@ the pool, interleaved into one response.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -166,11 +165,6 @@ class PoolFrontend:
         spec = ModelPoolSpec.model_validate(config)
         self._slo = spec.slo
         self._gate.configure(spec.auth)
-        if not self._pools:
-            served = [model.name for model in self._models]
-            await asyncio.to_thread(
-                kill_unserved_replicas, self._app, served, self._options.namespace
-            )
         for model in self._models:
             if model.name not in self._pools:
                 settings = pool_settings(model, spec, self._options, self._app)
@@ -178,6 +172,12 @@ class PoolFrontend:
             await self._pools[model.name].configure(
                 spec.replicas, spec.migration.enabled, spec.migration.max_concurrent
             )
+
+    def kill_unserved_replicas(self) -> list[str]:
+        """Kill replicas a previous ingress left for models this pool no longer serves (a
+        redeploy dropped them); no manager adopts those. Needs Ray: the ingress calls it."""
+        served = [model.name for model in self._models]
+        return kill_unserved_replicas(self._app, served, self._options.namespace)
 
     async def shutdown(self) -> None:
         """Stop every manager; the replica actors stay for the next ingress to adopt."""
