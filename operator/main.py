@@ -234,11 +234,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def own_identity() -> str:
     """This replica's name in its kopf peering, chosen here rather than by kopf so the
-    resync loop can find itself among the peers (``controllers.resync.leads``)."""
+    resync loop can find itself among the peers (``controllers.resync.leads``): the pod's
+    name from ``POD_ID`` as kopf would take it (the chart sets it), else host and a nonce."""
     import secrets
     import socket
 
-    return f"modelfleet@{socket.gethostname()}/{secrets.token_hex(4)}"
+    return os.environ.get("POD_ID") or f"modelfleet@{socket.gethostname()}/{secrets.token_hex(4)}"
 
 
 if __name__ == "__main__":
