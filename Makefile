@@ -4,10 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Static-analysis tools whose pins clash with the project's (checkov vs ray) get their own venv.
 TOOLS_VENV ?= .venv-tools
+# Flower's pins (fastapi, starlette, uvicorn, protobuf, packaging) clash with Ray Serve's, so
+# the federated runtime gets its own venv, installed from pyproject's `federated` extra.
+FEDERATED_VENV ?= .venv-federated
 CHECKOV_VERSION ?= 3.3.30
 PYTEST_ARGS ?=
 
-.PHONY: venv tools provision crds check-crds lint test test-fast demo demo-down bench clean
+.PHONY: venv tools federated-venv provision crds check-crds lint test test-fast demo demo-down bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +30,21 @@ $(TOOLS_VENV)/.installed:
 
 tools: $(TOOLS_VENV)/.installed
 
+# The project goes in without its dependencies (ray would bring the serving stack back): the
+# runtime imports only modelfleet.zoo and modelfleet.federated, whose needs the extra lists.
+$(FEDERATED_VENV)/.installed: pyproject.toml
+	python3 -m venv $(FEDERATED_VENV)
+	$(FEDERATED_VENV)/bin/pip install -q --upgrade pip
+	$(FEDERATED_VENV)/bin/pip install -q torch==2.13.0
+	$(FEDERATED_VENV)/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open( \
+		"pyproject.toml", "rb"))["project"]["optional-dependencies"]["federated"]))' \
+		> $(FEDERATED_VENV)/requirements.txt
+	$(FEDERATED_VENV)/bin/pip install -q -r $(FEDERATED_VENV)/requirements.txt
+	$(FEDERATED_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+federated-venv: $(FEDERATED_VENV)/.installed
+
 provision:
 	bash hack/provision.sh >/dev/null
 
@@ -41,7 +59,7 @@ lint: venv
 	$(VENV)/bin/mypy modelfleet controllers
 	$(VENV)/bin/lint-imports
 
-test: venv tools provision check-crds lint
+test: venv tools federated-venv provision check-crds lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: venv provision
