@@ -163,7 +163,10 @@ class ModelPoolSpec(ApiModel):
         json_schema_extra=list_map("gpuType"),
     )
     slo: Slo = Field(default_factory=Slo)
-    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    autoscaling: Autoscaling = Field(
+        default_factory=Autoscaling,
+        description="Not supported yet: only the default is accepted; set replicas instead.",
+    )
     migration: Migration = Field(default_factory=Migration)
     auth: Auth = Field(description="API keys callers must present, or mode None.")
     pod: Pod = None
@@ -180,7 +183,24 @@ class ModelPoolSpec(ApiModel):
         require_unique("spec.gpuTypes", "gpuType", [g.gpu_type for g in self.gpu_types])
         if sum(g.available for g in self.gpu_types) == 0:
             raise ValueError("spec.gpuTypes: at least one type needs available > 0")
+        refuse_autoscaling(self.autoscaling)
         return self
+
+
+def refuse_autoscaling(autoscaling: Autoscaling) -> None:
+    """Refuse an ``autoscaling`` that asks for anything but the default: no autoscaler runs
+    yet, so its policy and bounds would be accepted and silently ignored."""
+    changed = [
+        info.alias or name
+        for name, info in Autoscaling.model_fields.items()
+        if getattr(autoscaling, name) != info.get_default(call_default_factory=True)
+    ]
+    if changed:
+        raise ValueError(
+            f"spec.autoscaling ({', '.join(changed)}): autoscaling is not supported yet; "
+            "leave spec.autoscaling out and set spec.replicas (kubectl scale works, and so "
+            "does an HPA or KEDA on the scale subresource)"
+        )
 
 
 class ReplicaCount(StatusModel):

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from modelfleet.api.errors import format_validation_error
 from modelfleet.api.fedjob import FedJobSpec, FedJobStatus
 from modelfleet.api.fusionjob import FusionJobSpec
-from modelfleet.api.modelpool import ModelPoolSpec, ModelPoolStatus
+from modelfleet.api.modelpool import Autoscaling, ModelPoolSpec, ModelPoolStatus
 from modelfleet.api.registry import KINDS, kind_by_name
 from modelfleet.api.routingpolicy import RoutingPolicySpec
 from tests.unit.ray_pods import EVERY_OVERRIDE
@@ -164,14 +164,26 @@ def test_money_is_exact_and_keeps_its_digits_on_the_wire() -> None:
             "models": [{"name": "m", "uri": "builtin://m"}],
             "auth": OPEN,
             "gpuTypes": [{"gpuType": "L4", "pricePerHour": "0.10"}],
-            "autoscaling": {"budgetPerHour": "0.000000001"},
         }
     )
     assert spec.gpu_types[0].price_per_hour * 3 == Decimal("0.30")
     wire = spec.to_wire()
     assert wire["gpuTypes"][0]["pricePerHour"] == "0.10"
-    assert wire["autoscaling"]["budgetPerHour"] == "0.000000001"
     assert ModelPoolSpec.model_validate(wire) == spec
+    budget = Autoscaling.model_validate({"budgetPerHour": "0.000000001"})
+    assert budget.to_wire()["budgetPerHour"] == "0.000000001"
+    assert Autoscaling.model_validate(budget.to_wire()) == budget
+
+
+def test_autoscaling_is_refused_until_an_autoscaler_runs() -> None:
+    base = {"models": [{"name": "m", "uri": "builtin://m"}], "auth": OPEN}
+    assert ModelPoolSpec.model_validate(base).autoscaling == Autoscaling()
+    explicit_default = {**base, "autoscaling": {"policy": "None", "maxReplicas": 4}}
+    assert ModelPoolSpec.model_validate(explicit_default).autoscaling == Autoscaling()
+    asked = {**base, "autoscaling": {"policy": "SloCost", "budgetPerHour": "20"}}
+    message = _message(ModelPoolSpec, asked)
+    assert "spec.autoscaling (policy, budgetPerHour): autoscaling is not supported yet" in message
+    assert "set spec.replicas" in message
 
 
 def test_lists_keyed_by_name_reject_repeats() -> None:
