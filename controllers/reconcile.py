@@ -252,7 +252,7 @@ def reconcile_now(registration: Registration, body: Mapping[str, Any], wait: flo
     with LOCKS.hold(object_key(info, body), wait) as held:
         if not held:
             return False
-        with HANDLERS.running(_describe(owner)), about(_describe(owner)):
+        with working_on(_describe(owner)):
             patch: dict[str, Any] = {}
             try:
                 reconcile(info, body, patch, registration.decide)
@@ -270,6 +270,13 @@ def reconcile_now(registration: Registration, body: Mapping[str, Any], wait: flo
                     _content_type="application/merge-patch+json",
                 )
     return True
+
+
+@contextmanager
+def working_on(described: str) -> Iterator[None]:
+    """Work on one object: timed for /healthz's stall check, and named in every log line."""
+    with HANDLERS.running(described), about(described):
+        yield
 
 
 def _describe(owner: Owner) -> str:
@@ -290,7 +297,7 @@ def register(info: KindInfo, decide: Decide) -> None:
 
     def reconcile_handler(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:
         described = _describe(owner_of(info, body))
-        with LOCKS.hold(object_key(info, body)), HANDLERS.running(described), about(described):
+        with LOCKS.hold(object_key(info, body)), working_on(described):
             reconcile(info, body, patch, decide, retry)
 
     def forget_handler(body: kopf.Body, **_: Any) -> None:
@@ -298,7 +305,7 @@ def register(info: KindInfo, decide: Decide) -> None:
         owner = owner_of(info, body)
         workload = (body.get("status") or {}).get("workload", "")
         described = f"deleting {_describe(owner)}"
-        with HANDLERS.running(described), about(described):
+        with working_on(described):
             if workload:
                 current().backend.release(owner, workload)
         metrics.forget_resource(info.kind, owner.namespace, owner.name)
