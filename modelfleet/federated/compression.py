@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from fractions import Fraction
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from modelfleet.api.fedjob import Compression, Quantization
-
-VALUE_BITS = {Quantization.NONE: 32, Quantization.INT8: 8, Quantization.TERNARY: 2}
+VALUE_BITS = {"None": 32, "Int8": 8, "Ternary": 2}
 """Bits per kept value on the wire, per ``spec.compression.quantization``."""
 
 HEADER = struct.Struct("<BIIf")
@@ -53,6 +53,17 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 Floats = npt.NDArray[np.float32]
 Positions = npt.NDArray[np.int64]
 Bits = npt.NDArray[np.uint8]
+
+
+class Compression(Protocol):
+    """What ``spec.compression`` says, as the API model or the runtime's plain settings
+    carry it; the runtime's processes do not import the API."""
+
+    @property
+    def sparsity(self) -> float: ...
+
+    @property
+    def quantization(self) -> str: ...
 
 
 def kept_count(n: int, sparsity: float) -> int:
@@ -147,6 +158,17 @@ class ErrorFeedback:
         payload = encode(corrected, self.compression)
         self._residuals[layer] = corrected - decode(payload, corrected.shape)
         return payload
+
+    def residuals(self) -> dict[str, npt.NDArray[np.float64]]:
+        """Copies of the residual per layer, to keep between rounds where the client's
+        process does not live on (a Flower node's context)."""
+        return {layer: residual.copy() for layer, residual in self._residuals.items()}
+
+    def restore(self, residuals: Mapping[str, npt.ArrayLike]) -> None:
+        """Continue from residuals that :meth:`residuals` returned."""
+        self._residuals = {
+            layer: np.array(value, dtype=np.float64) for layer, value in residuals.items()
+        }
 
     def residual_norm(self) -> float:
         """L2 norm of all layers' residuals together: what is still owed to the server."""

@@ -32,14 +32,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from opacus.accountants.analysis import rdp as opacus_rdp
 from opacus.accountants.rdp import RDPAccountant
 
-from modelfleet.api.fedjob import FedJobSpec
+if TYPE_CHECKING:
+    from modelfleet.api.fedjob import FedJobSpec
 
 Array = npt.NDArray[np.floating[Any]]
 Update = Mapping[str, Array]
