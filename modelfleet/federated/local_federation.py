@@ -1,55 +1,53 @@
-"""Run the FedJob Flower App on one machine: a SuperLink, a SuperNode per client, real
-processes on loopback with ``--insecure`` and runtime dependency installation off.
+"""Run one FedJob's Flower federation on this machine: a SuperLink, a SuperNode per client,
+real processes on loopback with ``--insecure`` and runtime dependency installation off.
+
+The run directory holds what the operator wrote (``job.json``, and ``sites.json`` with each
+client's dataset directory) and what the run writes (checkpoints, ``result.json``, the final
+adapter, logs). ``python -m modelfleet.federated.local_federation RUN_DIR`` is the
+supervisor the local backend starts, detached, for each FedJob: it resumes after the last
+checkpointed round, so killing it (or anything it started) loses at most the round in
+flight, and the next supervisor carries on.
 
 Flower's pins clash with Ray Serve's, so Flower lives in its own virtualenv
-(``make federated-venv``); this module only spawns that venv's executables and reads the
-files the ServerApp writes, so it runs from the project's main venv without importing
-flwr. Ports are picked free on every run (Flower's SuperLink would otherwise take 8000,
-Ray Serve's port).
+(``make federated-venv``); this module only spawns that venv's executables and reads files,
+so it runs from either venv without importing flwr. Ports are picked free on every run
+(Flower's SuperLink would otherwise take 8000, Ray Serve's port).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from modelfleet.federated.checkpoint import RunResult, read_result, write_result
+from modelfleet.federated.job import JobSettings, read_job
 from modelfleet.federated.processes import (
     MARKER_VARIABLE,
     pick_free_ports,
     stop_processes,
     wait_for_port,
 )
-from modelfleet.federated.round_log import ADAPTER_DIR, ROUNDS_FILE, RoundRecord, parse_round_log
 
 APP_DIR = Path(__file__).parent / "flower_app"
 DEFAULT_VENV = Path(__file__).parents[2] / ".venv-federated"
+SITES_FILE = "sites.json"
 CONNECTION = "local"
 """Name of the SuperLink connection in the run's private Flower config."""
-
 STARTUP_SECONDS = 60.0
 POLL_SECONDS = 2.0
 FINISHED_PREFIX = "finished:"
 COMPLETED = "finished:completed"
 
-RunConfig = Mapping[str, str | int | float | bool]
 
-
-@dataclass(frozen=True)
-class FederationResult:
-    """What a finished local federation left: its rounds and its final adapter."""
-
-    rounds: list[RoundRecord]
-    adapter_dir: Path
-    """PEFT layout: ``adapter_config.json`` and ``adapter_model.safetensors``."""
-    seconds: float
-    marker: str
-    """The environment tag every process of the federation carried."""
+class RuntimeNotInstalled(FileNotFoundError):
+    """The federated virtualenv is missing: no retry will help until it is built."""
 
 
 def find_federated_venv(venv: Path = DEFAULT_VENV) -> Path:
@@ -57,32 +55,37 @@ def find_federated_venv(venv: Path = DEFAULT_VENV) -> Path:
     bin_dir = venv / "bin"
     missing = [
         name
-        for name in ("flwr", "flower-superlink", "flower-supernode")
+        for name in ("python", "flwr", "flower-superlink", "flower-supernode")
         if not (bin_dir / name).exists()
     ]
     if missing:
-        raise FileNotFoundError(
+        raise RuntimeNotInstalled(
             f"the federated runtime's virtualenv {venv} lacks {missing}; "
             "build it with `make federated-venv`"
         )
     return bin_dir
 
 
-def render_toml_table(values: RunConfig) -> str:
-    """``values`` as TOML ``key = value`` lines; JSON scalars are valid TOML scalars."""
-    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+def write_sites(run_dir: Path, datasets: Mapping[str, Path]) -> None:
+    """Record each client's dataset directory, for the launcher only."""
+    (run_dir / SITES_FILE).write_text(json.dumps({k: str(v) for k, v in datasets.items()}))
 
 
-def render_node_config(partition_id: int, skill: str) -> str:
-    """A SuperNode's ``--node-config``: its partition and the skill it mostly holds."""
-    if not skill.isidentifier():
-        raise ValueError(f"client skill {skill!r} must be a plain skill name")
-    return f"partition-id={partition_id} skill='{skill}'"
+def read_sites(run_dir: Path) -> dict[str, Path]:
+    return {k: Path(v) for k, v in json.loads((run_dir / SITES_FILE).read_text()).items()}
+
+
+def render_node_config(client: str, dataset: Path) -> str:
+    """A SuperNode's ``--node-config``: which client it is and where its own data lives."""
+    return f"client={json.dumps(client)} dataset={json.dumps(str(dataset))}"
 
 
 def parse_run_status(listing: str, run_id: str) -> str:
-    """The status of ``run_id`` in ``flwr ls --format json`` output."""
+    """The status of ``run_id`` in ``flwr ls --format json`` output; an unreachable
+    SuperLink is an interruption (``RuntimeError``), not a malformed listing."""
     document = json.loads(listing)
+    if document.get("success") is False:
+        raise RuntimeError(f"flwr ls failed: {document.get('error-message', listing[:200])}")
     for run in document.get("runs", []):
         if str(run.get("run-id")) == run_id:
             return str(run["status"])
@@ -90,19 +93,19 @@ def parse_run_status(listing: str, run_id: str) -> str:
 
 
 class LocalFederation:
-    """The processes of one federation and the files they write under ``work_dir``."""
+    """The processes of one federation and the files they write under ``run_dir``."""
 
-    def __init__(self, bin_dir: Path, work_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, run_dir: Path, marker: str) -> None:
         self.bin_dir = bin_dir
-        self.work_dir = work_dir
-        self.marker = uuid.uuid4().hex
+        self.run_dir = run_dir
+        self.marker = marker
         self.started: list[subprocess.Popen[bytes]] = []
         self.environment = self._isolate_environment()
 
     def _isolate_environment(self) -> dict[str, str]:
         """This process's environment pointed at the federated venv and a private Flower
         home, with the marker every descendant inherits."""
-        flwr_home = self.work_dir / "flwr-home"
+        flwr_home = self.run_dir / "flwr-home"
         flwr_home.mkdir(parents=True, exist_ok=True)
         environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         environment.update(
@@ -114,16 +117,16 @@ class LocalFederation:
         return environment
 
     def spawn(self, name: str, *arguments: str) -> subprocess.Popen[bytes]:
-        """Start ``name`` from the venv, its output in ``logs/<name>.log``."""
-        log_dir = self.work_dir / "logs"
+        """Start ``name`` from the venv, its output appended to ``logs/<name>.log``."""
+        log_dir = self.run_dir / "logs"
         log_dir.mkdir(exist_ok=True)
-        with (log_dir / f"{name}.log").open("wb") as log:
+        with (log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 [str(self.bin_dir / arguments[0]), *arguments[1:]],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.environment,
-                cwd=self.work_dir,
+                cwd=self.run_dir,
             )
         self.started.append(process)
         return process
@@ -134,7 +137,7 @@ class LocalFederation:
             [str(self.bin_dir / "flwr"), *arguments],
             capture_output=True,
             env=self.environment,
-            cwd=self.work_dir,
+            cwd=self.run_dir,
             timeout=STARTUP_SECONDS,
             check=False,
         )
@@ -142,10 +145,10 @@ class LocalFederation:
             raise RuntimeError(f"flwr {arguments[0]} failed: {done.stderr.decode()[-2000:]}")
         return done.stdout.decode()
 
-    def start(self, skills: Sequence[str]) -> None:
-        """A SuperLink, then one SuperNode per entry of ``skills``, all listening."""
-        link_port, *node_ports = pick_free_ports(1 + len(skills))
-        (self.work_dir / "flwr-home" / "config.toml").write_text(
+    def start(self, job: JobSettings, datasets: Mapping[str, Path]) -> None:
+        """A SuperLink, then one SuperNode per client, each told only its own dataset."""
+        link_port, *node_ports = pick_free_ports(1 + len(job.clients))
+        (self.run_dir / "flwr-home" / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
         )
@@ -157,36 +160,42 @@ class LocalFederation:
             f"--port={link_port}",
         )
         wait_for_port(link_port, link, STARTUP_SECONDS)
-        for partition_id, (skill, port) in enumerate(zip(skills, node_ports, strict=True)):
+        for client, port in zip(job.clients, node_ports, strict=True):
             node = self.spawn(
-                f"supernode-{partition_id}",
+                f"supernode-{client.name}",
                 "flower-supernode",
                 "--insecure",
                 f"--superlink=127.0.0.1:{link_port}",
                 f"--port={port}",
-                f"--node-config={render_node_config(partition_id, skill)}",
+                f"--node-config={render_node_config(client.name, datasets[client.name])}",
             )
             wait_for_port(port, node, STARTUP_SECONDS)
 
-    def run_app(self, run_config: RunConfig, timeout: float) -> None:
-        """Submit the app with ``run_config`` and wait until the SuperLink reports it done."""
-        config_file = self.work_dir / "run-config.toml"
-        config_file.write_text(render_toml_table(run_config))
+    def run_app(self, timeout: float | None) -> None:
+        """Submit the app for this run directory and wait until the SuperLink reports it
+        done; a process of the federation that dies ends the wait with an error."""
+        config_file = self.run_dir / "run-config.toml"
+        config_file.write_text(f"work-dir = {json.dumps(str(self.run_dir))}\n")
         submitted = json.loads(
             self.flwr(
                 "run", str(APP_DIR), CONNECTION, "--format=json", f"--run-config={config_file}"
             )
         )
         run_id = str(submitted["run-id"])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            dead = [p.args for p in self.started if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"federation processes exited: {dead}")
             status = parse_run_status(
                 self.flwr("ls", f"--run-id={run_id}", "--format=json"), run_id
             )
             if status == COMPLETED:
                 return
             if status.startswith(FINISHED_PREFIX):
-                raise RuntimeError(f"run {run_id} ended {status}; logs in {self.work_dir / 'logs'}")
+                log = self.run_dir / "logs" / "serverapp.log"
+                log.write_text(self.flwr("log", run_id, CONNECTION, "--show"))
+                raise RuntimeError(f"run {run_id} ended {status}; the ServerApp's log is {log}")
             time.sleep(POLL_SECONDS)
         raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f}s")
 
@@ -195,36 +204,43 @@ class LocalFederation:
         stop_processes(self.started, self.marker)
 
 
-def run_local_federation(
-    skills: Sequence[str],
-    run_config: RunConfig,
-    work_dir: Path,
-    timeout: float = 600.0,
-    venv: Path = DEFAULT_VENV,
-) -> FederationResult:
-    """Run the app with one client per entry of ``skills`` (the skill it mostly holds) and
-    return its rounds and final adapter; every process is gone when this returns or raises.
-
-    ``run_config`` overrides the app's defaults (``flower_app/pyproject.toml``); unless it
-    says otherwise every client must report each round. The output goes to ``work_dir``."""
+def run_federation(
+    run_dir: Path, timeout: float | None = None, venv: Path = DEFAULT_VENV
+) -> RunResult:
+    """Run (or resume) the federation of ``run_dir`` to its end; every process it started
+    is gone when this returns or raises. The outcome is also in ``result.json``."""
+    if (done := read_result(run_dir)) is not None:
+        return done
     bin_dir = find_federated_venv(venv)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    federation = LocalFederation(bin_dir, work_dir.resolve())
-    started = time.monotonic()
+    marker = os.environ.get(MARKER_VARIABLE) or uuid.uuid4().hex
+    federation = LocalFederation(bin_dir, run_dir.resolve(), marker)
     try:
-        federation.start(skills)
-        defaults: dict[str, str | int | float | bool] = {
-            "skills": ",".join(dict.fromkeys(skills)),
-            "min-clients": len(skills),
-        }
-        federation.run_app(
-            {**defaults, **run_config, "output-dir": str(work_dir.resolve())}, timeout
-        )
+        federation.start(read_job(run_dir), read_sites(run_dir))
+        federation.run_app(timeout)
     finally:
         federation.stop()
-    return FederationResult(
-        rounds=parse_round_log((work_dir / ROUNDS_FILE).read_text()),
-        adapter_dir=work_dir / ADAPTER_DIR,
-        seconds=time.monotonic() - started,
-        marker=federation.marker,
-    )
+    result = read_result(run_dir)
+    if result is None:
+        raise RuntimeError(f"the ServerApp ended without a result; logs in {run_dir / 'logs'}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Supervise one run: 0 when it ended (``result.json`` says how), 1 to be restarted."""
+    parser = argparse.ArgumentParser(prog="python -m modelfleet.federated.local_federation")
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        result = run_federation(args.run_dir)
+    except RuntimeNotInstalled as error:
+        write_result(args.run_dir, RunResult("Failed", "RuntimeNotInstalled", str(error)))
+        return 0
+    except (RuntimeError, TimeoutError, OSError, ValueError) as error:
+        print(f"federation interrupted, to be resumed: {error}", file=sys.stderr)
+        return 1
+    print(f"{result.phase}: {result.reason}: {result.message}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

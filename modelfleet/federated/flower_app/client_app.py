@@ -1,99 +1,110 @@
-"""The ClientApp: one site fine-tunes the global LoRA adapter on its own data only.
+"""The ClientApp: one site trains its own LoRA on its own data and uploads only the update.
 
-A SuperNode's node config names its partition and the skill it mostly holds; its
-examples are drawn here, at the site, so nothing but adapter weights and a few metrics
-ever leaves it.
+A SuperNode's node config names the client and its dataset directory; the dataset's path
+is never sent anywhere, and the job the server sends carries no client's dataset. With
+compression the client keeps its error-feedback residual in the node's Flower context, so it
+survives between rounds of the run.
 """
 
 from __future__ import annotations
 
-import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
+from pathlib import Path
 
-from modelfleet.federated.flower_app.settings import (
-    NodeSettings,
-    RunSettings,
-    parse_node_config,
-    parse_run_config,
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from modelfleet.federated.client_training import evaluate_delta, float32_bytes, train_round
+from modelfleet.federated.compression import ErrorFeedback
+from modelfleet.federated.datasets import read_split
+from modelfleet.federated.flower_app.strategy import (
+    A_KEY,
+    ARRAYS,
+    B_KEY,
+    CLIENT_KEY,
+    CONFIG,
+    JOB_KEY,
+    METRICS,
+    ROUND_KEY,
+    SHAPE_KEY,
+    UPLOAD,
+    delta_to_record,
+    record_to_delta,
 )
-from modelfleet.federated.lora import (
-    attach_lora,
-    read_adapter,
-    reply_accuracy,
-    reply_loss,
-    train_adapter,
-    write_adapter,
-)
-from modelfleet.federated.partition import draw_examples, mix_skills
-from modelfleet.zoo import Split, load_model
-from modelfleet.zoo.skills import Example
+from modelfleet.federated.job import ClientSettings, JobSettings
+from modelfleet.federated.rounds import Contribution
+from modelfleet.zoo.skills import Split
 
 CLIENT_THREADS = 1
-"""Torch threads per client: every SuperNode of a local federation shares one machine."""
-
-SEEDS_PER_PARTITION = 10_000
-"""Rounds a partition can run before its training seeds would meet the next partition's."""
+"""Torch threads per client: the SuperNodes of a local federation share one machine."""
+RESIDUALS = "residuals"
+"""The node-state record holding the error-feedback residual."""
 
 app = ClientApp()
 
 
-def _settings(context: Context) -> tuple[RunSettings, NodeSettings]:
-    run = parse_run_config(context.run_config)
-    return run, parse_node_config(context.node_config, run.skills)
-
-
-def _receive_adapter(run: RunSettings, msg: Message) -> tuple[PeftModel, PreTrainedTokenizerBase]:
-    """The base model with the server's current adapter loaded."""
+def _settings(msg: Message, context: Context) -> tuple[JobSettings, ClientSettings, Path]:
+    """The job, this client's settings and its own dataset directory."""
     torch.set_num_threads(CLIENT_THREADS)
-    base, tokenizer = load_model(run.base_model)
-    model = attach_lora(base, run.lora)
-    write_adapter(model, msg.content["arrays"].to_torch_state_dict())
-    return model, tokenizer
+    job = JobSettings.from_json(str(msg.content[CONFIG][JOB_KEY]))
+    name = str(context.node_config[CLIENT_KEY])
+    return job, job.client(name), Path(str(context.node_config["dataset"]))
 
 
-def _draw(
-    run: RunSettings, node: NodeSettings, split: Split, seed: int, count: int
-) -> list[Example]:
-    return draw_examples(mix_skills(node.skill, run.skills), split, seed, count)
-
-
-def _reply(msg: Message, metrics: dict[str, float | int], model: PeftModel | None) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics)})
-    if model is not None:
-        content["arrays"] = ArrayRecord(read_adapter(model))
+def _reply(
+    msg: Message,
+    client: str,
+    metrics: dict[str, float | int],
+    upload: ArrayRecord | ConfigRecord | None,
+) -> Message:
+    content = RecordDict(
+        {METRICS: MetricRecord(metrics), CONFIG: ConfigRecord({CLIENT_KEY: client})}
+    )
+    if upload is not None:
+        content[UPLOAD] = upload
     return Message(content=content, reply_to=msg)
+
+
+def _compress(job: JobSettings, contribution: Contribution, context: Context) -> ConfigRecord:
+    """The dense update top-k + quantised, carrying the residual of earlier rounds."""
+    assert job.compression is not None
+    feedback = ErrorFeedback(job.compression)
+    if RESIDUALS in context.state:
+        feedback.restore(record_to_delta(context.state[RESIDUALS]))
+    upload: dict[str, bytes | list[int]] = {}
+    for layer, value in contribution.delta(job.alpha).items():
+        upload[layer] = feedback.compress(layer, value)
+        upload[f"{layer}{SHAPE_KEY}"] = list(value.shape)
+    context.state[RESIDUALS] = delta_to_record(feedback.residuals())
+    return ConfigRecord(upload)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """``local-steps`` batches of this site's training split, fresh ones every round."""
-    run, node = _settings(context)
-    model, tokenizer = _receive_adapter(run, msg)
-    server_round = int(msg.content["config"]["server-round"])
-    seed = node.partition_id * SEEDS_PER_PARTITION + server_round
-    examples = _draw(run, node, Split.TRAIN, seed, run.local_steps * run.batch_size)
-    batches = [
-        examples[start : start + run.batch_size]
-        for start in range(0, len(examples), run.batch_size)
-    ]
-    loss = train_adapter(model, tokenizer, batches, run.learning_rate)
-    metrics = {"loss": loss, "num-examples": len(examples), "partition-id": node.partition_id}
-    return _reply(msg, metrics, model)
+    """Merge the global delta, train this client's LoRA, upload its update."""
+    job, client, dataset = _settings(msg, context)
+    round_number = int(msg.content[CONFIG][ROUND_KEY])
+    delta = record_to_delta(msg.content[ARRAYS])
+    factors, loss = train_round(job, client, delta, read_split(dataset, Split.TRAIN), round_number)
+    contribution = Contribution(client.name, client.weight, factors=factors)
+    upload: ArrayRecord | ConfigRecord
+    if job.uploads_dense:
+        upload = _compress(job, contribution, context)
+    else:
+        arrays = {}
+        for layer, pair in factors.items():
+            arrays[f"{layer}{A_KEY}"] = pair.a
+            arrays[f"{layer}{B_KEY}"] = pair.b
+        upload = delta_to_record(arrays)
+    metrics = {"loss": loss, "float32-bytes": float32_bytes(factors)}
+    return _reply(msg, client.name, metrics, upload)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """The global adapter on this site's held-out split: the same questions every round."""
-    run, node = _settings(context)
-    model, tokenizer = _receive_adapter(run, msg)
-    examples = _draw(run, node, Split.HELDOUT, node.partition_id, run.eval_examples)
-    metrics = {
-        "loss": reply_loss(model, tokenizer, examples),
-        "accuracy": reply_accuracy(model, tokenizer, examples),
-        "num-examples": len(examples),
-        "partition-id": node.partition_id,
-    }
-    return _reply(msg, metrics, None)
+    """The global model on this client's held-out split."""
+    job, client, dataset = _settings(msg, context)
+    examples = read_split(dataset, Split.HELDOUT)[: job.eval_examples]
+    loss, accuracy = evaluate_delta(job.base_model, record_to_delta(msg.content[ARRAYS]), examples)
+    metrics = {"loss": loss, "accuracy": accuracy, "num-examples": len(examples)}
+    return _reply(msg, client.name, metrics, None)

@@ -1,4 +1,4 @@
-"""The pure parts of the local Flower runtime: partitions, settings, ports, round logs."""
+"""The pure parts of the local Flower runtime: partitions, job settings, ports, configs."""
 
 from __future__ import annotations
 
@@ -11,33 +11,39 @@ from pathlib import Path
 
 import pytest
 
-from modelfleet.federated.flower_app.settings import parse_node_config, parse_run_config
+from modelfleet.federated.datasets import read_split, write_site_dataset
+from modelfleet.federated.job import (
+    ClientSettings,
+    CompressionSettings,
+    JobSettings,
+    Method,
+    PrivacySettings,
+)
 from modelfleet.federated.local_federation import (
     find_federated_venv,
     parse_run_status,
+    read_sites,
     render_node_config,
-    render_toml_table,
+    write_sites,
 )
 from modelfleet.federated.partition import draw_examples, mix_skills, parse_skills
 from modelfleet.federated.processes import find_marked_processes, pick_free_ports, stop_processes
-from modelfleet.federated.round_log import RoundRecord, parse_round_log
 from modelfleet.zoo.skills import SKILLS, Split
 
-RUN_CONFIG: dict[str, object] = {
-    "base-model": "qwen-words",
-    "skills": "addition,sorting",
-    "lora-rank": 4,
-    "lora-alpha": 8,
-    "lora-dropout": 0.0,
-    "target-modules": "q_proj, v_proj",
-    "num-server-rounds": 2,
-    "min-clients": 2,
-    "local-steps": 3,
-    "batch-size": 4,
-    "learning-rate": 0.01,
-    "eval-examples": 10,
-    "output-dir": "/tmp/out",
-}
+JOB = JobSettings(
+    base_model="qwen-words",
+    alpha=16.0,
+    dropout=0.0,
+    target_modules=("q_proj", "v_proj"),
+    clients=(ClientSettings("a", 4, 1.0), ClientSettings("b", 16, 2.0)),
+    rounds=3,
+    local_steps=5,
+    method=Method.FLORA,
+    min_clients=2,
+    client_fraction=1.0,
+    privacy=PrivacySettings(1.0, 0.8, 8.0, 1e-5),
+    compression=CompressionSettings(0.9, "Int8"),
+)
 
 
 def skill_of(prompt: str) -> str:
@@ -76,35 +82,29 @@ def test_bad_skill_names_are_named() -> None:
         mix_skills("facts", ("addition",))
 
 
-def test_run_config_parses_into_settings() -> None:
-    run = parse_run_config(RUN_CONFIG)
-    assert run.lora.target_modules == ("q_proj", "v_proj")
-    assert run.lora.alpha == 8.0 and run.skills == ("addition", "sorting")
-    assert run.output_dir == Path("/tmp/out")
-    node = parse_node_config({"partition-id": 1, "skill": "sorting"}, run.skills)
-    assert (node.partition_id, node.skill) == (1, "sorting")
+def test_job_settings_round_trip_through_json() -> None:
+    assert JobSettings.from_json(JOB.to_json()) == JOB
+    plain = JobSettings(**{**JOB.__dict__, "privacy": None, "compression": None})
+    assert JobSettings.from_json(plain.to_json()) == plain
+    assert plain.digest() != JOB.digest() and not plain.uploads_dense and JOB.uploads_dense
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "message"),
-    [
-        ("lora-rank", "8", "'lora-rank' must be an integer"),
-        ("lora-rank", True, "'lora-rank' must be an integer"),
-        ("learning-rate", "fast", "'learning-rate' must be a number"),
-        ("target-modules", " , ", "'target-modules' is empty"),
-    ],
-)
-def test_bad_run_config_names_the_key(key: str, value: object, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_run_config({**RUN_CONFIG, key: value})
+def test_a_node_naming_an_unknown_client_is_refused() -> None:
+    assert JOB.client("b").rank == 16
+    with pytest.raises(ValueError, match="node config names client 'c'"):
+        JOB.client("c")
 
 
-def test_missing_keys_and_foreign_skills_are_named() -> None:
-    without = {k: v for k, v in RUN_CONFIG.items() if k != "batch-size"}
-    with pytest.raises(ValueError, match="no 'batch-size'"):
-        parse_run_config(without)
-    with pytest.raises(ValueError, match="node config 'skill' is 'facts'"):
-        parse_node_config({"partition-id": 0, "skill": "facts"}, ("addition",))
+def test_a_site_dataset_round_trips_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    site = write_site_dataset(tmp_path / "site", "sorting", ("addition", "sorting"), 0, 30, 5)
+    train = read_split(site, Split.TRAIN)
+    assert len(train) == 30 and len(read_split(site, Split.HELDOUT)) == 5
+    assert sum(skill_of(e.prompt) == "sorting" for e in train) > 15
+    (site / "heldout.jsonl").write_text('{"prompt": "p", "answer": "a"}\n{"prompt": 1}\n')
+    with pytest.raises(ValueError, match=r"heldout\.jsonl line 2"):
+        read_split(site, Split.HELDOUT)
+    with pytest.raises(FileNotFoundError, match=r"train\.jsonl"):
+        read_split(tmp_path, Split.TRAIN)
 
 
 def test_free_ports_are_distinct_bindable_and_never_reserved() -> None:
@@ -115,13 +115,10 @@ def test_free_ports_are_distinct_bindable_and_never_reserved() -> None:
             sock.bind(("127.0.0.1", port))
 
 
-def test_configs_render_as_flower_reads_them() -> None:
-    assert render_toml_table({"base-model": "qwen-words", "lora-rank": 4, "lr": 0.5}) == (
-        'base-model = "qwen-words"\nlora-rank = 4\nlr = 0.5\n'
-    )
-    assert render_node_config(2, "sorting") == "partition-id=2 skill='sorting'"
-    with pytest.raises(ValueError, match="plain skill name"):
-        render_node_config(0, "x' other='y")
+def test_each_node_is_told_only_its_own_dataset(tmp_path: Path) -> None:
+    write_sites(tmp_path, {"a": Path("/data/a"), "b": Path("/data/b b")})
+    assert read_sites(tmp_path) == {"a": Path("/data/a"), "b": Path("/data/b b")}
+    assert render_node_config("b", Path("/data/b b")) == 'client="b" dataset="/data/b b"'
 
 
 def test_run_status_is_read_from_flwr_ls_json() -> None:
@@ -129,13 +126,9 @@ def test_run_status_is_read_from_flwr_ls_json() -> None:
     assert parse_run_status(listing, "42") == "finished:completed"
     with pytest.raises(ValueError, match="run 7 is not"):
         parse_run_status(listing, "7")
-
-
-def test_round_log_round_trips_and_names_a_bad_line() -> None:
-    record = RoundRecord(1, (0, 1, 2), (0, 1, 2), 2.5, 2.0, 0.25)
-    assert parse_round_log(record.to_line() + "\n") == [record]
-    with pytest.raises(ValueError, match="line 2"):
-        parse_round_log(record.to_line() + '{"round": 2}\n')
+    unreachable = '{"success": false, "error-message": "the SuperLink is unavailable"}'
+    with pytest.raises(RuntimeError, match="SuperLink is unavailable"):
+        parse_run_status(unreachable, "42")
 
 
 def test_a_missing_venv_says_how_to_build_it(tmp_path: Path) -> None:
