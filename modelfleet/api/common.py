@@ -147,6 +147,10 @@ class ConditionType(StrEnum):
     READY = "Ready"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
+    SUCCEEDED = "Succeeded"
+    """Set, True, only on a job that completed; it stays so."""
+    FAILED = "Failed"
+    """Set, True, only on a job that ended without completing; it stays so."""
 
 
 class ConditionStatus(StrEnum):

@@ -124,7 +124,9 @@ class Privacy(ApiModel):
 
     differential_privacy: DifferentialPrivacy = Field(default_factory=DifferentialPrivacy)
     secure_aggregation: bool = Field(
-        default=False, description="Mask updates so the server sees only their sum."
+        default=False,
+        description="Mask updates so the server sees only their sum. Not supported yet: "
+        "true is refused at admission.",
     )
 
 
@@ -178,7 +180,22 @@ class FedJobSpec(ApiModel):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"spec.clients: names must be unique; repeated: {duplicates}")
+        if self.privacy.secure_aggregation:
+            raise ValueError(
+                "spec.privacy.secureAggregation: not supported by the FedJob runtime yet; "
+                "remove it (set false) to run without secure aggregation"
+            )
         if self.aggregation.method is AggregationMethod.FEDAVG:
+            compressed = (
+                self.compression.sparsity > 0
+                or self.compression.quantization is not Quantization.NONE
+            )
+            if compressed or self.privacy.differential_privacy.enabled:
+                raise ValueError(
+                    "spec.aggregation.method: FedAvg averages the factors A and B, while "
+                    "spec.compression and spec.privacy.differentialPrivacy act on each "
+                    "client's dense update; use method: FLoRA with them"
+                )
             odd = [c.name for c in self.clients if self.client_rank(c) != self.adapter.rank]
             if odd:
                 raise ValueError(

@@ -1,9 +1,10 @@
 """The embedded default: workloads run on a Ray on this machine.
 
 Services (ModelPools) are deployed as Ray Serve applications by
-:class:`~modelfleet.backends.local_serve.LocalServe`. A job runs locally only
-when its runtime module ships in this install; until then the backend says
-which module is missing instead of pretending.
+:class:`~modelfleet.backends.local_serve.LocalServe`; FedJobs run as Flower
+federations of local processes (:class:`~modelfleet.backends.local_fedjobs.LocalFedJobs`).
+Other jobs run locally only when their runtime module ships in this install; until
+then the backend says which module is missing instead of pretending.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 
 from modelfleet.backends.base import Owner
+from modelfleet.backends.local_fedjobs import LocalFedJobs
 from modelfleet.backends.local_serve import LocalServe, ServeSettings
 from modelfleet.backends.model_fetch import SecretReader
 from modelfleet.core.workload import (
@@ -20,6 +22,7 @@ from modelfleet.core.workload import (
     WorkloadKind,
     WorkloadState,
 )
+from modelfleet.federated.plan import ENTRYPOINT as FEDERATED_ENTRYPOINT
 from modelfleet.scheduling.inventory import Inventory
 
 RUNTIME_NOT_AVAILABLE = "RuntimeNotAvailable"
@@ -40,6 +43,7 @@ class LocalBackend:
         self, serve_settings: ServeSettings | None = None, read_secret: SecretReader | None = None
     ) -> None:
         self.serve = LocalServe(serve_settings or ServeSettings(), read_secret)
+        self.fedjobs = LocalFedJobs()
 
     def inventory(self) -> Inventory | None:
         """Everything runs on this machine: there are no nodes to choose between."""
@@ -49,11 +53,15 @@ class LocalBackend:
         """Deploy services; jobs have nothing to start yet, and their observation says so."""
         if workload.kind is WorkloadKind.SERVICE:
             return self.serve.apply(owner, workload)
+        if workload.entrypoint == FEDERATED_ENTRYPOINT:
+            return self.fedjobs.apply(owner, workload)
         return ApplyResult.SKIPPED
 
     def observe(self, owner: Owner, workload: Workload) -> Observation:
         if workload.kind is WorkloadKind.SERVICE:
             return self.serve.observe(owner, workload)
+        if workload.entrypoint == FEDERATED_ENTRYPOINT:
+            return self.fedjobs.observe(owner, workload)
         if runtime_available(workload.entrypoint):
             return Observation(
                 WorkloadState.UNAVAILABLE,
@@ -73,3 +81,4 @@ class LocalBackend:
     def release(self, owner: Owner, workload_name: str) -> None:
         """Nothing outside Kubernetes collects a local service, so delete it here."""
         self.serve.delete(owner, workload_name)
+        self.fedjobs.delete(owner)

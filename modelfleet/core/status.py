@@ -22,17 +22,29 @@ INVALID_SPEC = "InvalidSpec"
 
 StatusT = TypeVar("StatusT", bound=BaseStatus)
 
+TERMINAL_CONDITIONS = {
+    WorkloadState.SUCCEEDED: ConditionType.SUCCEEDED,
+    WorkloadState.FAILED: ConditionType.FAILED,
+}
+"""The condition a job's end adds, as a Kubernetes Job adds Complete or Failed."""
+
 
 def observation_verdicts(observation: Observation) -> list[Verdict]:
     """Conditions for a workload in the state a backend observed."""
     state = observation.state
-    return readiness_verdicts(
+    verdicts = readiness_verdicts(
         ready=state in (WorkloadState.RUNNING, WorkloadState.SUCCEEDED),
         reason=observation.reason,
         message=observation.message,
         progressing=state in (WorkloadState.MISSING, WorkloadState.PENDING, WorkloadState.RUNNING),
         degraded=state is WorkloadState.FAILED,
     )
+    terminal = TERMINAL_CONDITIONS.get(state)
+    if terminal is not None:
+        verdicts.append(
+            Verdict(terminal, ConditionStatus.TRUE, observation.reason, observation.message)
+        )
+    return verdicts
 
 
 def blocked_verdicts(blocked: Blocked) -> list[Verdict]:

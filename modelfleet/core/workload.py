@@ -111,6 +111,8 @@ class Observation:
     """Live request migrations the service has performed."""
     slo_attainment: float | None = None
     """Share of recent requests within the latency objectives, where the backend measures it."""
+    job_report: dict[str, Any] = field(default_factory=dict)
+    """What a job's runtime reported of its progress, in its kind's status field names."""
 
 
 class ApplyResult(StrEnum):

@@ -16,6 +16,7 @@ from modelfleet.core.conditions import (
     settle_conditions,
 )
 from modelfleet.core.status import (
+    TERMINAL_CONDITIONS,
     blocked_verdicts,
     invalid_spec_verdicts,
     job_finished,
@@ -58,7 +59,11 @@ def test_repeating_a_verdict_is_a_fixed_point(steps: list[tuple[bool, str, bool,
         conditions = settle_conditions(conditions, verdicts, 1, now)
         again = settle_conditions(conditions, verdicts, 1, now + timedelta(hours=1))
         assert again == conditions
-        assert [c.type for c in conditions] == list(ConditionType)
+        assert [c.type for c in conditions] == [
+            ConditionType.READY,
+            ConditionType.PROGRESSING,
+            ConditionType.DEGRADED,
+        ]
 
 
 def test_observation_states_map_to_conditions() -> None:
@@ -67,10 +72,17 @@ def test_observation_states_map_to_conditions() -> None:
 
     t, f = ConditionStatus.TRUE, ConditionStatus.FALSE
     assert flags(WorkloadState.RUNNING) == (t, t, f)
-    assert flags(WorkloadState.SUCCEEDED) == (t, f, f)
-    assert flags(WorkloadState.FAILED) == (f, f, t)
+    assert flags(WorkloadState.SUCCEEDED) == (t, f, f, t)
+    assert flags(WorkloadState.FAILED) == (f, f, t, t)
     assert flags(WorkloadState.PENDING) == (f, t, f)
     assert flags(WorkloadState.UNAVAILABLE) == (f, f, f)
+    ended = {
+        state: [v.type for v in observation_verdicts(Observation(state, "R"))][3:]
+        for state in WorkloadState
+    }
+    assert ended[WorkloadState.SUCCEEDED] == [ConditionType.SUCCEEDED]
+    assert ended[WorkloadState.FAILED] == [ConditionType.FAILED]
+    assert all(not types for state, types in ended.items() if state not in TERMINAL_CONDITIONS)
 
 
 def test_blocked_and_invalid_are_not_ready_and_not_progressing() -> None:

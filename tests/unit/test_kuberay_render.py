@@ -170,9 +170,10 @@ def test_rayservice_ready_replicas_by_gpu_type() -> None:
 
 
 def test_local_backend_says_which_runtime_is_missing() -> None:
-    seen = LocalBackend().observe(OWNER, JOB)
+    fusion = Workload("job-fusion", WorkloadKind.JOB, "modelfleet.fusion.runtime", {}, ())
+    seen = LocalBackend().observe(OWNER, fusion)
     assert (seen.state, seen.reason) == (WorkloadState.UNAVAILABLE, RUNTIME_NOT_AVAILABLE)
-    assert "modelfleet.federated.runtime" in seen.message
+    assert "modelfleet.fusion.runtime" in seen.message
     assert runtime_available("json") and not runtime_available("no.such.module")
     present = Workload("x", WorkloadKind.JOB, "json", {}, ())
     assert LocalBackend().observe(OWNER, present).reason == "LocalRunNotSupported"

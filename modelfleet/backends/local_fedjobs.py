@@ -1,0 +1,189 @@
+"""FedJobs on the local backend: one detached supervisor process per job, and status from
+the files its run leaves.
+
+The supervisor (:mod:`modelfleet.federated.local_federation`) runs in a session of its own,
+so it outlives an operator restart; every process of a job carries the job's uid as a
+marker in its environment, which is how a later reconcile finds it, and how a delete kills
+all of it. A supervisor that died without a result is started again and resumes after the
+last checkpointed round; after ``MAX_LAUNCHES`` starts without a new round the job fails.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from modelfleet.api.fedjob import FedJobSpec
+from modelfleet.backends.base import Owner
+from modelfleet.core.workload import ApplyResult, Observation, Workload, WorkloadState
+from modelfleet.federated.checkpoint import (
+    ADAPTER_DIR,
+    RunResult,
+    RunState,
+    read_latest_state,
+    read_result,
+    write_atomically,
+    write_result,
+)
+from modelfleet.federated.job import JOB_FILE
+from modelfleet.federated.launch import LocalJobInvalid, check_local_job, job_settings
+from modelfleet.federated.local_federation import write_sites
+from modelfleet.federated.processes import MARKER_VARIABLE, find_marked_processes, stop_processes
+
+LAUNCHES_FILE = "launches"
+OWNER_FILE = "owner"
+"""The uid of the FedJob whose run the output directory holds."""
+MAX_LAUNCHES = 5
+INVALID = "InvalidForLocalBackend"
+
+
+def marker(owner: Owner) -> str:
+    """The environment tag of every process of ``owner``'s run."""
+    return f"fedjob-{owner.uid}"
+
+
+def claim_output(owner: Owner, run_dir: Path) -> None:
+    """Make ``run_dir`` this FedJob's, unless it holds another FedJob's run: resuming or
+    overwriting that would pass its rounds or its adapter off as this job's."""
+    claimed = run_dir / OWNER_FILE
+    if not claimed.exists():
+        write_atomically(claimed, f"{owner.uid} {owner.namespace}/{owner.name}\n")
+        return
+    uid, _, name = claimed.read_text().strip().partition(" ")
+    if uid != owner.uid:
+        raise LocalJobInvalid(
+            f"spec.output.uri: {run_dir} holds the run of FedJob {name} (uid {uid}); "
+            "point spec.output.uri at a new directory, or remove that run first"
+        )
+
+
+def read_launches(run_dir: Path) -> tuple[int, int]:
+    """Supervisor starts so far, and the round completed when the last one started."""
+    try:
+        starts, at_round = (run_dir / LAUNCHES_FILE).read_text().split()
+        return int(starts), int(at_round)
+    except (FileNotFoundError, ValueError):
+        return 0, 0
+
+
+def report(state: RunState | None, result: RunResult | None, run_dir: Path) -> dict[str, Any]:
+    """What FedJob status shows of a run: rounds, clients, ε, bytes, metrics, artifacts."""
+    if state is None:
+        return {"round": 0}
+    last = state.reports[-1] if state.reports else None
+    metrics = {}
+    if last is not None:
+        candidates = {
+            "trainLoss": last.train_loss,
+            "evalLoss": last.eval_loss,
+            "evalAccuracy": last.eval_accuracy,
+            "secondsPerRound": sum(r.seconds for r in state.reports) / len(state.reports),
+            "compressionRatio": last.uncompressed_bytes / last.bytes_sent
+            if last.bytes_sent
+            else 1.0,
+        }
+        metrics = {k: round(v, 6) for k, v in candidates.items() if math.isfinite(v)}
+    adapter = run_dir / ADAPTER_DIR
+    return {
+        "round": state.round,
+        "clients_reporting": len(last.clients) if last else 0,
+        "epsilon_spent": last.epsilon if last else 0.0,
+        "bytes_sent": state.bytes_sent,
+        "metrics": metrics,
+        "adapter": f"file://{adapter}" if result is not None and adapter.is_dir() else "",
+    }
+
+
+class LocalFedJobs:
+    """Starts, finds, reports on and stops the local runs of FedJobs."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+
+    @staticmethod
+    def _prepare(owner: Owner, workload: Workload) -> tuple[FedJobSpec, Path, dict[str, Path]]:
+        spec = FedJobSpec.model_validate(workload.config)
+        run_dir, datasets = check_local_job(spec)
+        claim_output(owner, run_dir)
+        return spec, run_dir, datasets
+
+    def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
+        """Start the run's supervisor unless it is running or the run has ended."""
+        try:
+            spec, run_dir, datasets = self._prepare(owner, workload)
+        except LocalJobInvalid:
+            return ApplyResult.SKIPPED
+        if read_result(run_dir) is not None or find_marked_processes(marker(owner)):
+            return ApplyResult.UNCHANGED
+        settings = job_settings(spec)
+        state = read_latest_state(run_dir)
+        done = state.round if state is not None else 0
+        starts, at_round = read_launches(run_dir)
+        if starts >= MAX_LAUNCHES and done == at_round:
+            write_result(
+                run_dir,
+                RunResult(
+                    "Failed",
+                    "RuntimeCrashed",
+                    f"the federation was started {starts} times without completing a round "
+                    f"after round {done}; see {run_dir / 'logs'}",
+                ),
+            )
+            return ApplyResult.UNCHANGED
+        write_atomically(run_dir / JOB_FILE, settings.to_json())
+        write_sites(run_dir, datasets)
+        write_atomically(run_dir / LAUNCHES_FILE, f"{starts + 1 if done == at_round else 1} {done}")
+        self._spawn(owner, run_dir)
+        return ApplyResult.CREATED if starts == 0 else ApplyResult.UPDATED
+
+    def _spawn(self, owner: Owner, run_dir: Path) -> None:
+        (run_dir / "logs").mkdir(exist_ok=True)
+        environment = {**os.environ, MARKER_VARIABLE: marker(owner)}
+        with (run_dir / "logs" / "supervisor.log").open("ab") as log:
+            subprocess.Popen(
+                [self.python, "-m", "modelfleet.federated.local_federation", str(run_dir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=environment,
+                start_new_session=True,
+                close_fds=True,
+            )
+
+    def observe(self, owner: Owner, workload: Workload) -> Observation:
+        """The run's state from its files and whether its processes live."""
+        try:
+            spec, run_dir, _ = self._prepare(owner, workload)
+        except LocalJobInvalid as error:
+            return Observation(WorkloadState.FAILED, INVALID, str(error))
+        state = read_latest_state(run_dir)
+        result = read_result(run_dir)
+        progress = report(state, result, run_dir)
+        if result is not None:
+            finished = (
+                WorkloadState.SUCCEEDED if result.phase == "Succeeded" else WorkloadState.FAILED
+            )
+            return Observation(finished, result.reason, result.message, job_report=progress)
+        if find_marked_processes(marker(owner)):
+            done = state.round if state is not None else 0
+            return Observation(
+                WorkloadState.RUNNING,
+                "RoundInProgress",
+                f"round {done + 1} of {spec.rounds} in progress; {done} completed",
+                job_report=progress,
+            )
+        return Observation(
+            WorkloadState.PENDING,
+            "Restarting",
+            "the federation is not running; it is started and resumes after the last "
+            "completed round",
+            job_report=progress,
+        )
+
+    def delete(self, owner: Owner) -> None:
+        """Kill every process of the run; its files stay with the output."""
+        stop_processes([], marker(owner))

@@ -1,0 +1,148 @@
+"""From a FedJob's spec to a run directory the local federation can start from.
+
+Everything that can be wrong with a spec on this machine (a dataset that is not there, a
+base model the zoo does not have, a rank larger than a layer, an output that cannot be
+written) is found here, before any process starts, and named with the field to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from modelfleet.api.fedjob import FedJobSpec, Quantization
+from modelfleet.artifacts.uri import parse_artifact_uri
+from modelfleet.federated.datasets import SPLIT_FILES
+from modelfleet.federated.job import (
+    ClientSettings,
+    CompressionSettings,
+    JobSettings,
+    Method,
+    PrivacySettings,
+)
+from modelfleet.zoo.recipes import RECIPES, create_model
+
+
+class LocalJobInvalid(ValueError):
+    """The spec cannot run on the local backend; the message names the field."""
+
+
+def job_settings(spec: FedJobSpec) -> JobSettings:
+    """The run's settings from a valid spec (see :func:`check_local_job` first)."""
+    dp = spec.privacy.differential_privacy
+    compression = spec.compression
+    compressed = compression.sparsity > 0 or compression.quantization is not Quantization.NONE
+    return JobSettings(
+        base_model=parse_artifact_uri(spec.base_model.uri, "spec.baseModel.uri").name,
+        alpha=spec.adapter.alpha,
+        dropout=spec.adapter.dropout,
+        target_modules=tuple(spec.adapter.target_modules),
+        clients=tuple(
+            ClientSettings(name=c.name, rank=spec.client_rank(c), weight=c.weight)
+            for c in spec.clients
+        ),
+        rounds=spec.rounds,
+        local_steps=spec.local_steps,
+        method=Method(spec.aggregation.method.value),
+        min_clients=spec.aggregation.min_clients,
+        client_fraction=spec.aggregation.client_fraction,
+        privacy=PrivacySettings(
+            clip_norm=dp.clip_norm,
+            noise_multiplier=dp.noise_multiplier,
+            target_epsilon=dp.target_epsilon,
+            target_delta=dp.target_delta,
+        )
+        if dp.enabled
+        else None,
+        compression=CompressionSettings(compression.sparsity, compression.quantization.value)
+        if compressed
+        else None,
+    )
+
+
+def local_path(uri: str, field: str) -> Path:
+    """The directory a ``file://`` URI names; other schemes are for the kuberay backend."""
+    parsed = parse_artifact_uri(uri, field)
+    if parsed.scheme != "file":
+        raise LocalJobInvalid(
+            f"{field}: the local backend reads and writes file:// directories, got {uri!r}; "
+            "use file:///path or run the operator with --backend=kuberay"
+        )
+    return Path(parsed.path)
+
+
+def client_datasets(spec: FedJobSpec) -> dict[str, Path]:
+    """Each client's dataset directory, checked to hold both splits."""
+    datasets = {}
+    for index, client in enumerate(spec.clients):
+        field = f"spec.clients[{index}].datasetUri ({client.name})"
+        directory = local_path(client.dataset_uri, field)
+        missing = [name for name in SPLIT_FILES.values() if not (directory / name).is_file()]
+        if missing:
+            raise LocalJobInvalid(
+                f"{field}: {directory} lacks {missing}; a client dataset directory holds "
+                f"{' and '.join(SPLIT_FILES.values())} (python -m modelfleet.federated.datasets)"
+            )
+        datasets[client.name] = directory
+    return datasets
+
+
+@lru_cache(maxsize=32)
+def narrowest_widths(model: str, target_modules: tuple[str, ...]) -> dict[str, int]:
+    """The smallest side of each target module's linear layers in zoo model ``model``,
+    from a weightless (meta-device) copy; cached, as every reconcile asks again."""
+    with torch.device("meta"):
+        built = create_model(RECIPES[model])
+    narrowest: dict[str, int] = {}
+    for name, module in built.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in target_modules and isinstance(module, torch.nn.Linear):
+            width = min(module.in_features, module.out_features)
+            narrowest[leaf] = min(width, narrowest.get(leaf, width))
+    return narrowest
+
+
+def check_base_model(spec: FedJobSpec) -> None:
+    """The base model is a zoo model with every target module, each wider than any rank."""
+    uri = parse_artifact_uri(spec.base_model.uri, "spec.baseModel.uri")
+    if uri.scheme != "zoo" or uri.name not in RECIPES:
+        raise LocalJobInvalid(
+            f"spec.baseModel.uri: the local backend fine-tunes zoo models, got "
+            f"{spec.base_model.uri!r}; use one of {[f'zoo://{n}' for n in RECIPES]}"
+        )
+    narrowest = narrowest_widths(uri.name, tuple(spec.adapter.target_modules))
+    absent = [m for m in spec.adapter.target_modules if m not in narrowest]
+    if absent:
+        raise LocalJobInvalid(
+            f"spec.adapter.targetModules: {uri.name} has no linear layers named {absent}"
+        )
+    smallest = min(narrowest.values())
+    for index, client in enumerate(spec.clients):
+        if spec.client_rank(client) > smallest:
+            raise LocalJobInvalid(
+                f"spec.clients[{index}].rank ({client.name}) is {spec.client_rank(client)}, "
+                f"larger than the narrowest adapted layer of {uri.name} ({smallest}); "
+                f"lower it to at most {smallest}"
+            )
+
+
+def check_output(spec: FedJobSpec) -> Path:
+    """The output directory, created if needed and checked writable."""
+    directory = local_path(spec.output.uri, "spec.output.uri")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LocalJobInvalid(f"spec.output.uri: cannot create {directory}: {error}") from None
+    if not os.access(directory, os.W_OK):
+        raise LocalJobInvalid(f"spec.output.uri: {directory} is not writable by the operator")
+    return directory
+
+
+def check_local_job(spec: FedJobSpec) -> tuple[Path, dict[str, Path]]:
+    """The run directory and the clients' datasets, once every check has passed."""
+    check_base_model(spec)
+    datasets = client_datasets(spec)
+    return check_output(spec), datasets
