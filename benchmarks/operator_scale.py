@@ -4,9 +4,10 @@ For each N, a fresh operator process (``--backend=local``, admission webhook on)
 watches its own namespace on a real local API server; N FedJobs are created
 there and each one's settle latency is recorded: from its creation until its
 Ready condition was computed for the object's current generation. The status
-that condition carries does not matter: with no runtime in this release every
-FedJob settles at Ready=False RuntimeNotAvailable, so this measures the time
-to a settled Ready condition at the object's generation, not to Ready=True.
+that condition carries does not matter: the example FedJob's client datasets
+are not on this machine, so every FedJob settles at Ready=False
+InvalidForLocalBackend before anything starts, and this measures the time to a
+settled Ready condition at the object's generation, not to Ready=True.
 
 The FedJobs are created one request at a time, as ``kubectl create -f`` does,
 and each create passes through the operator's webhook, so the time until all

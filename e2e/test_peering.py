@@ -40,7 +40,7 @@ def test_standby_takes_over_when_the_leader_dies(
     standby = start_operator(*args, "--priority=1")
     wait_for(lambda: len(peers(kube, *peering)) == 2, 60, "the standby to join the peering")
     kube("apply", "-n", NS, "-f", str(ROOT / "examples" / "fedjob.yaml"))
-    kube.wait_reason(FEDJOB, NS, "RuntimeNotAvailable")
+    kube.wait_reason(FEDJOB, NS, "InvalidForLocalBackend")
     assert "Resuming operations" not in standby.logs(), "the standby worked beside the leader"
 
     leader.stop(signal.SIGKILL)
@@ -88,7 +88,7 @@ def test_replicas_watching_namespaces_share_a_peering_in_each(
     assert "NotFound" in kube("get", "clusterkopfpeering", "modelfleet-ns", check=False)
 
     kube("apply", "-n", watched[0], "-f", str(ROOT / "examples" / "fedjob.yaml"))
-    kube.wait_reason(FEDJOB, watched[0], "RuntimeNotAvailable")
+    kube.wait_reason(FEDJOB, watched[0], "InvalidForLocalBackend")
     assert "Resuming operations" not in standby.logs(), "the standby worked beside the leader"
 
     leader.stop(signal.SIGKILL)

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import yaml
 
 from modelfleet.devcluster import LocalCluster, find_binaries
 from modelfleet.devcluster.cluster import free_port
+from modelfleet.federated.datasets import write_site_dataset
 from modelfleet.zoo.cache import ensure_model, model_dir
 from modelfleet.zoo.manifest import read_manifest
 from modelfleet.zoo.skills import SKILLS, Example, Split
@@ -37,6 +39,11 @@ DEMO_SEED = 2026
 FLEET = ROOT / "examples" / "fleet"
 DEMO_KEY = yaml.safe_load((ROOT / "examples" / "api-keys.yaml").read_text())["stringData"]["demo"]
 """The API key of the examples' Secret, which every example pool and router checks."""
+FEDJOB = yaml.safe_load((ROOT / "examples" / "fedjob.yaml").read_text())
+FEDJOB_SITES = {"hospital-a": "addition", "hospital-b": "reversal", "hospital-c": "sorting"}
+"""The skill each client of the example FedJob mostly holds."""
+FEDJOB_ROOT = Path("/tmp/modelfleet-fedjob")
+"""Where the example FedJob's datasets and output live (its file:// URIs)."""
 ROUTED = {"addition": 2, "sorting": 2, "reversal": 2, "maximum": 2, "facts": 2}
 """Held-out questions per skill the demo sends through the RoutingPolicy."""
 
@@ -62,6 +69,15 @@ def start_operator(cluster: LocalCluster, metrics_port: int, serve_port: int) ->
     )
     (DEMO / "operator.pid").write_text(str(process.pid))
     return process.pid
+
+
+def stop_federations(cluster: LocalCluster) -> None:
+    """Delete the FedJobs while the operator runs: its delete handler ends their Flower
+    processes, which outlive the operator by design."""
+    if (DEMO / "operator.pid").exists() and cluster.kubeconfig.exists():
+        cluster.kubectl(
+            "delete", "fedjobs", "--all", "--all-namespaces", "--timeout=60s", check=False
+        )
 
 
 def stop_operator() -> None:
@@ -119,6 +135,57 @@ def show(cluster: LocalCluster, items: list[dict[str, object]], metrics_port: in
         ln for ln in lines if ln.startswith(("modelfleet_reconcile_total", "modelfleet_resources"))
     ][:8]:
         print("  " + line)
+
+
+def write_fedjob_sites() -> None:
+    """The example FedJob's client datasets, each site mostly one skill, and no old run."""
+    shutil.rmtree(FEDJOB_ROOT, ignore_errors=True)
+    skills = tuple(FEDJOB_SITES.values())
+    for seed, client in enumerate(FEDJOB["spec"]["clients"]):
+        site = Path(client["datasetUri"].removeprefix("file://"))
+        write_site_dataset(site, FEDJOB_SITES[client["name"]], skills, seed, 600, 20)
+    print(f"  wrote the example FedJob's client datasets under {FEDJOB_ROOT}")
+
+
+def watch_fedjob(cluster: LocalCluster, timeout: float = 900) -> None:
+    """Print each round of the example FedJob as its status shows it, until it ends."""
+    name = f"fedjob/{FEDJOB['metadata']['name']}"
+    spec = FEDJOB["spec"]
+    print(
+        f"\nFederated LoRA: {name}, {len(spec['clients'])} Flower SuperNodes (ranks "
+        f"{[c['rank'] for c in spec['clients']]}) on {spec['baseModel']['uri']}, "
+        f"{spec['aggregation']['method']} over {spec['rounds']} rounds"
+    )
+    deadline = time.monotonic() + timeout
+    shown = 0
+    while time.monotonic() < deadline:
+        status = json.loads(cluster.kubectl("get", name, "-o", "json")).get("status") or {}
+        if status.get("round", 0) > shown:
+            shown = status["round"]
+            metrics = status.get("metrics", {})
+            print(
+                f"  round {shown}: {status.get('clientsReporting')} clients, "
+                f"{status.get('bytesSent')} bytes sent so far, eval loss "
+                f"{metrics.get('evalLoss', float('nan')):.3f}, eval accuracy "
+                f"{metrics.get('evalAccuracy', float('nan')):.2f}, "
+                f"{metrics.get('secondsPerRound', float('nan')):.0f} s/round, compression "
+                f"x{metrics.get('compressionRatio', float('nan')):.1f}",
+                flush=True,
+            )
+        ended = [
+            c
+            for c in status.get("conditions", [])
+            if c["type"] in ("Succeeded", "Failed") and c["status"] == "True"
+        ]
+        if ended:
+            print(f"  {ended[0]['type']} ({ended[0]['reason']}): {ended[0].get('message')}")
+            for artifact in status.get("artifacts", []):
+                print(f"  artifact {artifact['name']}: {artifact['uri']}")
+            print("\n$ kubectl get fedjob")
+            print(cluster.kubectl("get", "fedjob"))
+            return
+        time.sleep(3)
+    raise TimeoutError(f"{name} did not end in {timeout}s; see {DEMO / 'operator.log'}")
 
 
 def wait_until_ready(
@@ -331,8 +398,10 @@ def main() -> int:
     parser.add_argument("--down", action="store_true", help="stop the demo")
     args = parser.parse_args()
     cluster = LocalCluster(DEMO / "cluster", find_binaries())
+    stop_federations(cluster)
     stop_operator()
     cluster.stop(remove=True)
+    shutil.rmtree(FEDJOB_ROOT, ignore_errors=True)
     if args.down:
         print("demo stopped")
         return 0
@@ -343,6 +412,7 @@ def main() -> int:
     print(cluster.kubectl("apply", "-f", str(ROOT / "crds")).strip())
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     build_zoo_models()
+    write_fedjob_sites()
     metrics_port = free_port()
     pid = start_operator(cluster, metrics_port, free_port())
     print(f"Starting the operator (backend=local), pid {pid}")
@@ -350,6 +420,7 @@ def main() -> int:
     print(cluster.kubectl("apply", "-f", str(ROOT / "examples")).strip())
     show(cluster, wait_for_conditions(cluster), metrics_port)
     serve_demo(cluster)
+    watch_fedjob(cluster)
     footer(cluster)
     return 0
 
