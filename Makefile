@@ -71,12 +71,12 @@ demo: venv provision
 demo-down: venv
 	$(PY) hack/demo.py --down
 
-BENCHMARKS ?= seqpar placement serving_engine serving_migration serving_trace operator_scale routing auth
+BENCHMARKS ?= seqpar placement serving_engine serving_migration serving_trace operator_scale routing auth fedjob
 
 # Each benchmark's output goes to benchmarks/out/<name>.log; their RESULT lines are then
 # gathered into benchmarks/results.md with the date and the machine.
 bench: SHELL := /bin/bash
-bench: venv provision
+bench: venv federated-venv provision
 	mkdir -p benchmarks/out
 	set -o pipefail; for b in $(BENCHMARKS); do \
 		echo "== benchmarks/$$b.py"; \

@@ -34,9 +34,10 @@ class BaseModelRef(ApiModel):
     """The frozen model every client adapts."""
 
     uri: Uri
-    family: ModelFamily = Field(
-        default=ModelFamily.LLAMA,
-        description="Architecture family: Llama, Mistral, Qwen, GPT2 or Tiny. Default: Llama.",
+    family: ModelFamily | None = Field(
+        default=None,
+        description="Architecture family: Llama, Mistral, Qwen, GPT2 or Tiny. When set, a "
+        "model of another family is refused before the job starts. Default: unset.",
     )
 
 

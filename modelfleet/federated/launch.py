@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from modelfleet.api.fedjob import FedJobSpec, Quantization
+from modelfleet.api.fedjob import FedJobSpec, ModelFamily, Quantization
 from modelfleet.artifacts.uri import parse_artifact_uri
 from modelfleet.federated.datasets import SPLIT_FILES
 from modelfleet.federated.job import (
@@ -23,7 +23,10 @@ from modelfleet.federated.job import (
     Method,
     PrivacySettings,
 )
-from modelfleet.zoo.recipes import RECIPES, create_model
+from modelfleet.zoo.recipes import RECIPES, Architecture, create_model
+
+ZOO_FAMILIES = {Architecture.LLAMA: ModelFamily.LLAMA, Architecture.QWEN2: ModelFamily.QWEN}
+"""The ``spec.baseModel.family`` of each architecture the zoo builds."""
 
 
 class LocalJobInvalid(ValueError):
@@ -112,6 +115,12 @@ def check_base_model(spec: FedJobSpec) -> None:
         raise LocalJobInvalid(
             f"spec.baseModel.uri: the local backend fine-tunes zoo models, got "
             f"{spec.base_model.uri!r}; use one of {[f'zoo://{n}' for n in RECIPES]}"
+        )
+    family = ZOO_FAMILIES[RECIPES[uri.name].architecture]
+    if spec.base_model.family not in (None, family):
+        raise LocalJobInvalid(
+            f"spec.baseModel.family: zoo://{uri.name} is a {family} model, not "
+            f"{spec.base_model.family}; set family: {family} or leave it unset"
         )
     narrowest = narrowest_widths(uri.name, tuple(spec.adapter.target_modules))
     absent = [m for m in spec.adapter.target_modules if m not in narrowest]

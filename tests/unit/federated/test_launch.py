@@ -76,6 +76,10 @@ def test_settings_carry_ranks_weights_and_only_the_features_asked_for(tmp_path: 
             "qwen-tiny (32)",
         ),
         ({"output": {"uri": "s3://bucket/out"}}, "spec.output.uri: the local backend"),
+        (
+            {"baseModel": {"uri": "zoo://qwen-tiny", "family": "Llama"}},
+            "spec.baseModel.family: zoo://qwen-tiny is a Qwen model, not Llama",
+        ),
     ],
 )
 def test_a_job_this_machine_cannot_run_is_refused_naming_the_field(
