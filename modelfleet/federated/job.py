@@ -71,7 +71,7 @@ class JobSettings:
     privacy: PrivacySettings | None = None
     compression: CompressionSettings | None = None
     batch_size: int = 16
-    learning_rate: float = 0.005
+    learning_rate: float = 0.003
     round_timeout_seconds: float = 300.0
     """A client that has not replied by then is dropped from the round."""
     eval_examples: int = 40
