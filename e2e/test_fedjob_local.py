@@ -125,9 +125,7 @@ def test_a_fedjob_federates_an_adapter_a_modelpool_serves(
     [adapter] = status["artifacts"]
     assert adapter["name"] == "adapter"
     assert (Path(adapter["uri"].removeprefix("file://")) / "adapter_config.json").is_file()
-    wait_for(
-        lambda: not find_marked_processes(f"fedjob-{uid}"), 60, "the run's processes to exit"
-    )
+    wait_for(lambda: not find_marked_processes(f"fedjob-{uid}"), 60, "the run's processes to exit")
 
     pool = {
         "apiVersion": "modelfleet.io/v1alpha1",
