@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,17 +36,20 @@ HELDOUT = 100
 RUN_TIMEOUT = 900
 
 
+OPERATOR_ARGS = (
+    "--backend=local",
+    "--standalone",
+    "--webhook=off",
+    f"--namespace={NS}",
+    f"--serve-port={SERVE_PORT}",
+)
+
+
 @pytest.fixture(scope="module")
 def operator(kube: Kube, start_operator: Any) -> Iterator[Operator]:
     ensure_model(BASE_MODEL)
     namespace(kube, NS)
-    running: Operator = start_operator(
-        "--backend=local",
-        "--standalone",
-        "--webhook=off",
-        f"--namespace={NS}",
-        f"--serve-port={SERVE_PORT}",
-    )
+    running: Operator = start_operator(*OPERATOR_ARGS)
     yield running
     running.stop()
 
@@ -92,8 +96,10 @@ def accuracy(client: openai.OpenAI, model: str, questions: list[Example]) -> flo
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_TIMEOUT + 600)
 def test_a_fedjob_federates_an_adapter_a_modelpool_serves(
-    kube: Kube, operator: Operator, tmp_path: Path
+    kube: Kube, operator: Operator, start_operator: Any, tmp_path: Path
 ) -> None:
+    """Killing the operator mid-run stops nothing: its successor finds the run by its
+    processes and follows it to the end."""
     kube("apply", "-n", NS, "-f", "-", stdin=json.dumps(fedjob(tmp_path)))
     uid = kube.get("fedjob/clinics", "-n", NS)["metadata"]["uid"]
     seen: dict[int, dict[str, Any]] = {}
@@ -105,10 +111,19 @@ def test_a_fedjob_federates_an_adapter_a_modelpool_serves(
         conditions = {c["type"]: c for c in status.get("conditions", [])}
         return status if "Succeeded" in conditions or "Failed" in conditions else None
 
+    wait_for(lambda: ended() or seen, RUN_TIMEOUT, "the first round in status")
+    operator.stop(signal.SIGKILL)
+    successor: Operator = start_operator(*OPERATOR_ARGS)
     try:
         status = wait_for(ended, RUN_TIMEOUT, "the FedJob to end")
     finally:
-        print(operator.logs()[-2000:])
+        print(successor.logs()[-2000:])
+    started = [
+        e["reason"]
+        for e in kube.get("events", "-n", NS)["items"]
+        if e["involvedObject"]["name"] == "clinics" and e["reason"].startswith("Workload")
+    ]
+    assert started == ["WorkloadCreated"], "the successor started the federation again"
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions.get("Succeeded", {}).get("status") == "True", status["conditions"]
     assert conditions["Succeeded"]["reason"] == "RoundsCompleted"

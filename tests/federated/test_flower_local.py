@@ -1,18 +1,24 @@
 """A real local federation on Flower's deployment engine: a SuperLink and three SuperNodes
 of ranks 4, 8 and 16 as processes on loopback, FLoRA over their adapters with
-differential privacy, a SuperLink killed mid-run, and the run resumed from its checkpoint."""
+differential privacy; the SuperLink and then the ServerApp are killed mid-run and the run
+resumes from its checkpoints, and a client whose data is broken is dropped from rounds."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from peft import PeftModel
 
-from modelfleet.federated.checkpoint import ADAPTER_DIR, read_latest_state, read_result
+from modelfleet.federated.checkpoint import (
+    ADAPTER_DIR,
+    read_latest_state,
+    read_result,
+)
 from modelfleet.federated.datasets import write_site_dataset
 from modelfleet.federated.job import (
     JOB_FILE,
@@ -32,95 +38,103 @@ RANKS = (4, 8, 16)
 NOISE = 2.0
 DELTA = 1e-5
 MARKER = "test-flower-local"
+TIMEOUT = 600
 
 
-def target_epsilon_for_two_rounds() -> float:
-    """A budget that two rounds fit and a third would exceed."""
+def target_epsilon_for(rounds: int) -> float:
+    """A budget that ``rounds`` rounds fit and one more would exceed."""
     accountant = Accountant(NOISE, 1.0)
-    return (accountant.epsilon_after(2, DELTA) + accountant.epsilon_after(3, DELTA)) / 2
+    after = accountant.epsilon_after(rounds, DELTA), accountant.epsilon_after(rounds + 1, DELTA)
+    return sum(after) / 2
 
 
-def prepare_run(tmp_path: Path) -> Path:
+def prepare_run(tmp_path: Path, job: JobSettings) -> Path:
+    """A run directory for ``job`` and a dataset per client, each mostly one skill."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     datasets = {
-        f"site-{index}": write_site_dataset(
-            tmp_path / f"site-{index}", skill, SKILLS, index, 200, 10
-        )
-        for index, skill in enumerate(SKILLS)
+        client.name: write_site_dataset(tmp_path / client.name, skill, SKILLS, i, 200, 10)
+        for i, (client, skill) in enumerate(zip(job.clients, SKILLS, strict=True))
     }
-    job = JobSettings(
-        base_model=BASE_MODEL,
-        alpha=16.0,
-        dropout=0.0,
-        target_modules=("q_proj", "v_proj"),
-        clients=tuple(
-            ClientSettings(name, rank, 1.0) for name, rank in zip(datasets, RANKS, strict=True)
-        ),
-        rounds=3,
-        local_steps=2,
-        method=Method.FLORA,
-        min_clients=3,
-        client_fraction=1.0,
-        privacy=PrivacySettings(1.0, NOISE, target_epsilon_for_two_rounds(), DELTA),
-        eval_examples=10,
-    )
     (run_dir / JOB_FILE).write_text(job.to_json())
     write_sites(run_dir, datasets)
     return run_dir
 
 
-def kill_superlink_after_round_one(run_dir: Path, stop: threading.Event) -> list[int]:
-    """Wait for round 1's checkpoint, then SIGKILL the SuperLink; the pids killed."""
-    killed: list[int] = []
+def three_clients(rounds: int, min_clients: int = 3) -> JobSettings:
+    return JobSettings(
+        base_model=BASE_MODEL,
+        alpha=16.0,
+        dropout=0.0,
+        target_modules=("q_proj", "v_proj"),
+        clients=tuple(ClientSettings(f"site-{i}", rank, 1.0) for i, rank in enumerate(RANKS)),
+        rounds=rounds,
+        local_steps=2,
+        method=Method.FLORA,
+        min_clients=min_clients,
+        client_fraction=1.0,
+        eval_examples=10,
+    )
+
+
+def kill_after_round(
+    run_dir: Path, round_number: int, program: bytes, stop: threading.Event
+) -> int:
+    """Once ``round_number`` is checkpointed, SIGKILL the federation's ``program``."""
     while not stop.wait(0.5):
         state = read_latest_state(run_dir)
-        if state is None or state.round < 1:
+        if state is None or state.round < round_number:
             continue
         for pid in find_marked_processes(MARKER):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"flower-superlink" in cmdline:
+            if program in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-        return killed
-    return killed
+                return pid
+    return 0
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_a_killed_federation_resumes_and_stops_before_the_privacy_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(MARKER_VARIABLE, MARKER)
-    run_dir = prepare_run(tmp_path)
+def run_and_kill(run_dir: Path, round_number: int, program: bytes) -> None:
+    """Run the federation until ``program`` is killed after ``round_number``; the run
+    raises, leaves no process behind and no result, only its checkpoints."""
     stop = threading.Event()
     killed: list[int] = []
     killer = threading.Thread(
-        target=lambda: killed.extend(kill_superlink_after_round_one(run_dir, stop))
+        target=lambda: killed.append(kill_after_round(run_dir, round_number, program, stop))
     )
     killer.start()
     try:
         with pytest.raises(RuntimeError):
-            run_federation(run_dir, timeout=600)
+            run_federation(run_dir, timeout=TIMEOUT)
     finally:
         stop.set()
         killer.join()
-    assert killed, "the SuperLink was never killed"
+    assert killed and killed[0], f"{program!r} was never killed"
     assert find_marked_processes(MARKER) == []
-    interrupted = read_latest_state(run_dir)
-    assert interrupted is not None and interrupted.round >= 1
+    state = read_latest_state(run_dir)
+    assert state is not None and state.round >= round_number
     assert read_result(run_dir) is None
 
-    result = run_federation(run_dir, timeout=600)
+
+@pytest.mark.slow
+@pytest.mark.timeout(3 * TIMEOUT)
+def test_a_killed_federation_resumes_and_stops_before_the_privacy_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(MARKER_VARIABLE, MARKER)
+    privacy = PrivacySettings(1.0, NOISE, target_epsilon_for(3), DELTA)
+    run_dir = prepare_run(tmp_path, replace(three_clients(rounds=4), privacy=privacy))
+
+    run_and_kill(run_dir, 1, b"flower-superlink")
+    run_and_kill(run_dir, 2, b"flwr-serverapp")
+    result = run_federation(run_dir, timeout=TIMEOUT)
 
     assert (result.phase, result.reason) == ("Succeeded", "PrivacyBudgetReached")
-    assert "stopped after round 2 of 3" in result.message
+    assert "stopped after round 3 of 4" in result.message
     state = read_latest_state(run_dir)
     assert state is not None and state.accountant is not None
-    assert [report.round for report in state.reports] == [1, 2], "a round redone or skipped"
-    assert Accountant.from_dict(state.accountant).rounds == 2
+    assert [report.round for report in state.reports] == [1, 2, 3], "a round redone or skipped"
+    assert Accountant.from_dict(state.accountant).rounds == 3
     epsilons = [report.epsilon for report in state.reports]
-    assert 0 < epsilons[0] < epsilons[1] <= target_epsilon_for_two_rounds()
+    assert 0 < epsilons[0] < epsilons[1] < epsilons[2] <= privacy.target_epsilon
     for report in state.reports:
         assert report.clients == ("site-0", "site-1", "site-2") and not report.dropped
         assert report.bytes_sent == report.uncompressed_bytes > 0
@@ -128,3 +142,34 @@ def test_a_killed_federation_resumes_and_stops_before_the_privacy_budget(
 
     adapter = PeftModel.from_pretrained(load_model(BASE_MODEL)[0], run_dir / ADAPTER_DIR)
     assert adapter.peft_config["default"].r >= max(RANKS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2 * TIMEOUT)
+def test_a_failing_client_is_dropped_and_below_min_clients_the_job_fails_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(MARKER_VARIABLE, MARKER)
+    tolerant = prepare_run(tmp_path / "tolerant", three_clients(rounds=1, min_clients=2))
+    broken = tmp_path / "tolerant" / "site-2" / "train.jsonl"
+    broken.write_text('{"prompt": "no answer"}\n')
+
+    result = run_federation(tolerant, timeout=TIMEOUT)
+
+    assert (result.phase, result.reason) == ("Succeeded", "RoundsCompleted")
+    state = read_latest_state(tolerant)
+    assert state is not None
+    [report] = state.reports
+    assert report.clients == ("site-0", "site-1") and report.dropped == ("site-2",)
+
+    strict = tolerant.with_name("strict")
+    strict.mkdir()
+    (strict / JOB_FILE).write_text(three_clients(rounds=1).to_json())
+    (strict / "sites.json").write_text((tolerant / "sites.json").read_text())
+
+    result = run_federation(strict, timeout=TIMEOUT)
+
+    assert (result.phase, result.reason) == ("Failed", "ClientsMissing")
+    assert "fewer than minClients=3; missing: site-2" in result.message
+    assert read_latest_state(strict) is None
+    assert find_marked_processes(MARKER) == []

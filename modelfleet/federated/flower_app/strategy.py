@@ -168,7 +168,7 @@ class FederatedLora(Strategy):  # type: ignore[misc]  # flwr is typed only in it
         missing = tuple(sorted(c.name for c in self.job.clients if c.name not in reported))
         if len(contributions) < self.job.min_clients:
             raise RoundFailed(
-                "RoundFailed",
+                "ClientsMissing",
                 f"round {server_round} got updates from {len(contributions)} client(s), fewer "
                 f"than minClients={self.job.min_clients}; missing: {', '.join(missing)} (failed, "
                 f"stalled past {self.job.round_timeout_seconds:.0f}s, or not connected)",
