@@ -51,7 +51,7 @@ def target_epsilon_for(rounds: int) -> float:
 def prepare_run(tmp_path: Path, job: JobSettings) -> Path:
     """A run directory for ``job`` and a dataset per client, each mostly one skill."""
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    run_dir.mkdir(parents=True)
     datasets = {
         client.name: write_site_dataset(tmp_path / client.name, skill, SKILLS, i, 200, 10)
         for i, (client, skill) in enumerate(zip(job.clients, SKILLS, strict=True))
