@@ -40,7 +40,7 @@ FLEET = ROOT / "examples" / "fleet"
 DEMO_KEY = yaml.safe_load((ROOT / "examples" / "api-keys.yaml").read_text())["stringData"]["demo"]
 """The API key of the examples' Secret, which every example pool and router checks."""
 FEDJOB = yaml.safe_load((ROOT / "examples" / "fedjob.yaml").read_text())
-FEDJOB_SITES = {"hospital-a": "addition", "hospital-b": "reversal", "hospital-c": "sorting"}
+FEDJOB_SITES = {"hospital-a": "reversal", "hospital-b": "sorting", "hospital-c": "maximum"}
 """The skill each client of the example FedJob mostly holds."""
 FEDJOB_ROOT = Path("/tmp/modelfleet-fedjob")
 """Where the example FedJob's datasets and output live (its file:// URIs)."""
