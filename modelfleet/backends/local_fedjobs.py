@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,13 @@ from modelfleet.federated.checkpoint import (
     write_atomically,
     write_result,
 )
-from modelfleet.federated.job import JOB_FILE
-from modelfleet.federated.launch import LocalJobInvalid, check_local_job, job_settings
+from modelfleet.federated.job import JOB_FILE, JobSettings, read_job
+from modelfleet.federated.launch import (
+    LocalJobInvalid,
+    check_local_job,
+    job_settings,
+    local_path,
+)
 from modelfleet.federated.local_federation import write_sites
 from modelfleet.federated.processes import MARKER_VARIABLE, find_marked_processes, stop_processes
 
@@ -59,6 +65,16 @@ def claim_output(owner: Owner, run_dir: Path) -> None:
             f"spec.output.uri: {run_dir} holds the run of FedJob {name} (uid {uid}); "
             "point spec.output.uri at a new directory, or remove that run first"
         )
+
+
+def started_by(owner: Owner, run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run this FedJob has started."""
+    claimed = run_dir / OWNER_FILE
+    return (
+        (run_dir / JOB_FILE).is_file()
+        and claimed.is_file()
+        and claimed.read_text().split(" ", 1)[0] == owner.uid
+    )
 
 
 def read_launches(run_dir: Path) -> tuple[int, int]:
@@ -105,21 +121,31 @@ class LocalFedJobs:
         self.python = python
 
     @staticmethod
-    def _prepare(owner: Owner, workload: Workload) -> tuple[FedJobSpec, Path, dict[str, Path]]:
+    def _prepare(
+        owner: Owner, workload: Workload
+    ) -> tuple[FedJobSpec, Path, JobSettings | None, dict[str, Path]]:
+        """The spec, its run directory, the settings the run started with if it has, and
+        else the clients' checked datasets.
+
+        A run that has started owns its settings and its sites: they are not checked or
+        written again, so a spec edited mid-run (or a dataset moved) cannot change a run
+        that resumes after a crash."""
         spec = FedJobSpec.model_validate(workload.config)
+        run_dir = local_path(spec.output.uri, "spec.output.uri")
+        if started_by(owner, run_dir):
+            return spec, run_dir, read_job(run_dir), {}
         run_dir, datasets = check_local_job(spec)
         claim_output(owner, run_dir)
-        return spec, run_dir, datasets
+        return spec, run_dir, None, datasets
 
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
         """Start the run's supervisor unless it is running or the run has ended."""
         try:
-            spec, run_dir, datasets = self._prepare(owner, workload)
+            spec, run_dir, started, datasets = self._prepare(owner, workload)
         except LocalJobInvalid:
             return ApplyResult.SKIPPED
         if read_result(run_dir) is not None or find_marked_processes(marker(owner)):
             return ApplyResult.UNCHANGED
-        settings = job_settings(spec)
         state = read_latest_state(run_dir)
         done = state.round if state is not None else 0
         starts, at_round = read_launches(run_dir)
@@ -134,8 +160,9 @@ class LocalFedJobs:
                 ),
             )
             return ApplyResult.UNCHANGED
-        write_atomically(run_dir / JOB_FILE, settings.to_json())
-        write_sites(run_dir, datasets)
+        if started is None:
+            write_sites(run_dir, datasets)
+            write_atomically(run_dir / JOB_FILE, job_settings(spec).to_json())
         write_atomically(run_dir / LAUNCHES_FILE, f"{starts + 1 if done == at_round else 1} {done}")
         self._spawn(owner, run_dir)
         return ApplyResult.CREATED if starts == 0 else ApplyResult.UPDATED
@@ -157,9 +184,21 @@ class LocalFedJobs:
     def observe(self, owner: Owner, workload: Workload) -> Observation:
         """The run's state from its files and whether its processes live."""
         try:
-            spec, run_dir, _ = self._prepare(owner, workload)
+            spec, run_dir, started, _ = self._prepare(owner, workload)
         except LocalJobInvalid as error:
             return Observation(WorkloadState.FAILED, INVALID, str(error))
+        observed = self._observe_run(owner, run_dir, started or job_settings(spec))
+        if started is not None and started.digest() != job_settings(spec).digest():
+            note = (
+                "; the spec changed after the run started: a FedJob keeps the spec it started "
+                "with (delete it, or point spec.output.uri at a new directory, to start over "
+                "with the new one)"
+            )
+            observed = replace(observed, message=observed.message + note)
+        return observed
+
+    @staticmethod
+    def _observe_run(owner: Owner, run_dir: Path, settings: JobSettings) -> Observation:
         state = read_latest_state(run_dir)
         result = read_result(run_dir)
         progress = report(state, result, run_dir)
@@ -173,7 +212,7 @@ class LocalFedJobs:
             return Observation(
                 WorkloadState.RUNNING,
                 "RoundInProgress",
-                f"round {done + 1} of {spec.rounds} in progress; {done} completed",
+                f"round {done + 1} of {settings.rounds} in progress; {done} completed",
                 job_report=progress,
             )
         return Observation(

@@ -3,6 +3,8 @@ run gets: every refusal names the field (and the client) to fix."""
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +12,14 @@ import pytest
 
 from modelfleet.api.fedjob import FedJobSpec
 from modelfleet.backends.base import Owner
-from modelfleet.backends.local_fedjobs import claim_output
+from modelfleet.backends.local_fedjobs import LocalFedJobs, claim_output, marker
+from modelfleet.core.workload import ApplyResult, Workload, WorkloadState
 from modelfleet.federated.datasets import write_site_dataset
-from modelfleet.federated.job import CompressionSettings, Method, PrivacySettings
+from modelfleet.federated.job import CompressionSettings, Method, PrivacySettings, read_job
 from modelfleet.federated.launch import LocalJobInvalid, check_local_job, job_settings
+from modelfleet.federated.local_federation import read_sites
+from modelfleet.federated.plan import plan_fedjob
+from modelfleet.federated.processes import find_marked_processes
 
 
 def spec(tmp_path: Path, **fields: Any) -> FedJobSpec:
@@ -112,3 +118,37 @@ def test_an_output_holding_another_fedjobs_run_is_not_taken_over(tmp_path: Path)
     second = Owner("modelfleet.io/v1alpha1", "FedJob", "second", "ns", "uid-2")
     with pytest.raises(LocalJobInvalid, match="holds the run of FedJob ns/first"):
         claim_output(second, tmp_path)
+
+
+def test_a_started_run_keeps_the_spec_it_started_with(tmp_path: Path) -> None:
+    """The supervisor here is ``true``, which exits at once: each apply finds the run
+    stopped and starts it again, as after a crash, without rewriting its settings."""
+    owner = Owner("modelfleet.io/v1alpha1", "FedJob", "job", "ns", "uid-started")
+    fedjobs = LocalFedJobs(python=shutil.which("true") or "/bin/true")
+    first = plan_fedjob("job", spec(tmp_path), None)
+    assert isinstance(first, Workload)
+    assert fedjobs.apply(owner, first) is ApplyResult.CREATED
+    run_dir = tmp_path / "out"
+    assert read_job(run_dir) == job_settings(spec(tmp_path))
+    assert set(read_sites(run_dir)) == {"a", "b", "c"}
+
+    edited = plan_fedjob("job", spec(tmp_path, rounds=7), None)
+    assert isinstance(edited, Workload)
+    wait_until_stopped(owner)
+    (tmp_path / "a" / "train.jsonl").unlink()
+    assert fedjobs.apply(owner, edited) is ApplyResult.UPDATED
+    assert read_job(run_dir).rounds == 10
+    seen = fedjobs.observe(owner, edited)
+    assert "a FedJob keeps the spec it started with" in seen.message
+    assert "round 1 of 10" in seen.message or seen.reason == "Restarting"
+
+    stranger = Owner("modelfleet.io/v1alpha1", "FedJob", "other", "ns", "uid-other")
+    refused = fedjobs.observe(stranger, edited)
+    assert (refused.state, refused.reason) == (WorkloadState.FAILED, "InvalidForLocalBackend")
+    fedjobs.delete(owner)
+
+
+def wait_until_stopped(owner: Owner) -> None:
+    deadline = time.monotonic() + 10
+    while find_marked_processes(marker(owner)) and time.monotonic() < deadline:
+        time.sleep(0.05)
