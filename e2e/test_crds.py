@@ -33,7 +33,7 @@ def test_category_lists_all_four_kinds(kube: Kube, ux: str) -> None:
 def test_printer_columns_and_short_names(kube: Kube, ux: str) -> None:
     header = kube("get", "fj", "-n", ux).splitlines()[0].split()
     assert header == ["NAME", "READY", "REASON", "ROUND", "ROUNDS", "AGE"]
-    assert kube("get", "fj", "-n", ux).splitlines()[1].split()[1] == "20"
+    assert kube("get", "fj", "-n", ux).splitlines()[1].split()[1] == "3"
     wide = kube("get", "mp", "-n", ux, "-o", "wide").splitlines()[0].split()
     assert wide[:5] == ["NAME", "READY", "REASON", "REPLICAS", "DESIRED"] and "ENDPOINT" in wide
     assert kube("get", "rp", "-n", ux).splitlines()[0].split()[3] == "STRATEGY"
@@ -75,7 +75,7 @@ def test_schema_bounds_hold_without_the_webhook(kube: Kube, ux: str) -> None:
 
 def test_defaults_are_stored_so_get_shows_the_values_in_effect(kube: Kube, ux: str) -> None:
     job = kube.get("fedjob", "clinical-notes", "-n", ux)["spec"]
-    assert job["clients"][0]["weight"] == 1.0, "a default inside a list entry"
+    assert job["clients"][1]["weight"] == 1.0, "a default inside a list entry"
     assert job["aggregation"]["clientFraction"] == 1.0, "a default inside a given object"
     assert job["privacy"]["secureAggregation"] is False
     policy = kube.get("routingpolicy", "chat-router", "-n", ux)["spec"]

@@ -25,7 +25,7 @@ def peers(kube: Kube, *peering: str) -> dict[str, int]:
 
 
 def rounds_observed(kube: Kube, ns: str) -> bool:
-    """Whether the operator has reconciled the FedJob after its rounds were patched to 3."""
+    """Whether the operator has reconciled the FedJob after its rounds were patched to 5."""
     return bool(kube.get(FEDJOB, "-n", ns)["status"]["observedGeneration"] == 2)
 
 
@@ -45,7 +45,7 @@ def test_standby_takes_over_when_the_leader_dies(
 
     leader.stop(signal.SIGKILL)
     wait_for(lambda: "Resuming operations" in standby.logs(), 90, "the standby to take over")
-    kube("patch", FEDJOB, "-n", NS, "--type=merge", "-p", '{"spec":{"rounds":3}}')
+    kube("patch", FEDJOB, "-n", NS, "--type=merge", "-p", '{"spec":{"rounds":5}}')
     wait_for(lambda: rounds_observed(kube, NS), 60, "the standby to reconcile")
     standby.stop()
 
@@ -93,6 +93,6 @@ def test_replicas_watching_namespaces_share_a_peering_in_each(
 
     leader.stop(signal.SIGKILL)
     wait_for(lambda: "Resuming operations" in standby.logs(), 90, "the standby to take over")
-    kube("patch", FEDJOB, "-n", watched[0], "--type=merge", "-p", '{"spec":{"rounds":3}}')
+    kube("patch", FEDJOB, "-n", watched[0], "--type=merge", "-p", '{"spec":{"rounds":5}}')
     wait_for(lambda: rounds_observed(kube, watched[0]), 60, "the standby to reconcile")
     standby.stop()
