@@ -147,6 +147,11 @@ class Compression(ApiModel):
         default=Quantization.NONE, description="None, Int8 or Ternary. Default: None."
     )
 
+    @property
+    def enabled(self) -> bool:
+        """Whether updates are compressed at all (the defaults send them whole)."""
+        return self.sparsity > 0 or self.quantization is not Quantization.NONE
+
 
 class Output(ApiModel):
     """Where the job writes what it produces."""
@@ -187,11 +192,7 @@ class FedJobSpec(ApiModel):
                 "remove it (set false) to run without secure aggregation"
             )
         if self.aggregation.method is AggregationMethod.FEDAVG:
-            compressed = (
-                self.compression.sparsity > 0
-                or self.compression.quantization is not Quantization.NONE
-            )
-            if compressed or self.privacy.differential_privacy.enabled:
+            if self.compression.enabled or self.privacy.differential_privacy.enabled:
                 raise ValueError(
                     "spec.aggregation.method: FedAvg averages the factors A and B, while "
                     "spec.compression and spec.privacy.differentialPrivacy act on each "

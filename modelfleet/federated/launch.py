@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from modelfleet.api.fedjob import FedJobSpec, ModelFamily, Quantization
+from modelfleet.api.fedjob import FedJobSpec, ModelFamily
 from modelfleet.artifacts.uri import parse_artifact_uri
 from modelfleet.federated.datasets import SPLIT_FILES
 from modelfleet.federated.job import (
@@ -37,7 +37,6 @@ def job_settings(spec: FedJobSpec) -> JobSettings:
     """The run's settings from a valid spec (see :func:`check_local_job` first)."""
     dp = spec.privacy.differential_privacy
     compression = spec.compression
-    compressed = compression.sparsity > 0 or compression.quantization is not Quantization.NONE
     return JobSettings(
         base_model=parse_artifact_uri(spec.base_model.uri, "spec.baseModel.uri").name,
         alpha=spec.adapter.alpha,
@@ -61,7 +60,7 @@ def job_settings(spec: FedJobSpec) -> JobSettings:
         if dp.enabled
         else None,
         compression=CompressionSettings(compression.sparsity, compression.quantization.value)
-        if compressed
+        if compression.enabled
         else None,
     )
 

@@ -32,15 +32,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from opacus.accountants.analysis import rdp as opacus_rdp
 from opacus.accountants.rdp import RDPAccountant
 
-if TYPE_CHECKING:
-    from modelfleet.api.fedjob import FedJobSpec
+from modelfleet.federated.job import JobSettings
 
 Array = npt.NDArray[np.floating[Any]]
 Update = Mapping[str, Array]
@@ -106,9 +105,9 @@ def add_noise(
     }
 
 
-def expected_clients(spec: FedJobSpec) -> float:
+def expected_clients(job: JobSettings) -> float:
     """The fixed denominator of the private average: clients expected per round."""
-    return spec.aggregation.client_fraction * len(spec.clients)
+    return job.client_fraction * len(job.clients)
 
 
 def noisy_mean(
@@ -173,12 +172,11 @@ class Accountant:
             raise ValueError(f"accountant rounds must be >= 0, got {self.rounds}")
 
     @classmethod
-    def for_job(cls, spec: FedJobSpec) -> Accountant:
+    def for_job(cls, job: JobSettings) -> Accountant:
         """A fresh accountant for a job's noise multiplier and client fraction."""
-        return cls(
-            noise_multiplier=spec.privacy.differential_privacy.noise_multiplier,
-            sample_rate=spec.aggregation.client_fraction,
-        )
+        if job.privacy is None:
+            raise ValueError(f"{DP_FIELD} is not enabled: the job spends no privacy budget")
+        return cls(noise_multiplier=job.privacy.noise_multiplier, sample_rate=job.client_fraction)
 
     def after_round(self) -> Accountant:
         """The accountant once one more round has completed."""

@@ -35,7 +35,12 @@ from modelfleet.federated.aggregation import (
     normalise_weights,
 )
 from modelfleet.federated.job import JobSettings, Method
-from modelfleet.federated.privacy import clip_update, noisy_mean, update_norm
+from modelfleet.federated.privacy import (
+    clip_update,
+    expected_clients,
+    noisy_mean,
+    update_norm,
+)
 
 Delta = dict[str, npt.NDArray[np.float64]]
 """A dense weight change per adapted layer, by the layer's module name."""
@@ -89,8 +94,9 @@ def aggregate_round(
         privacy = job.privacy
         clipped = [clip_update(delta, privacy.clip_norm)[0] for delta in deltas.values()]
         total = {layer: np.sum([c[layer] for c in clipped], axis=0) for layer in layers}
-        expected = job.client_fraction * len(job.clients)
-        noisy = noisy_mean(total, privacy.noise_multiplier, privacy.clip_norm, expected, rng)
+        noisy = noisy_mean(
+            total, privacy.noise_multiplier, privacy.clip_norm, expected_clients(job), rng
+        )
         return RoundUpdate({k: np.asarray(v, np.float64) for k, v in noisy.items()}, norms)
     if job.method is Method.FEDAVG:
         averaged = fedavg([_factor_update(c) for c in contributions])

@@ -44,11 +44,7 @@ def resume(job: JobSettings, work_dir: Path) -> tuple[RunState, Delta]:
     if loaded is not None and loaded[0].job_digest == job.digest():
         return loaded
     discard_checkpoints(work_dir)
-    accountant = (
-        Accountant(job.privacy.noise_multiplier, job.client_fraction).to_dict()
-        if job.privacy is not None
-        else None
-    )
+    accountant = Accountant.for_job(job).to_dict() if job.privacy is not None else None
     return RunState(job_digest=job.digest(), round=0, accountant=accountant), {}
 
 
@@ -111,8 +107,8 @@ def main(grid: Grid, context: Context) -> None:
         accountant = state.accountant
         epsilon = 0.0
         if accountant is not None and job.privacy is not None:
-            accountant = Accountant.from_dict(accountant).after_round().to_dict()
-            epsilon = Accountant.from_dict(accountant).epsilon(job.privacy.target_delta)
+            spent = Accountant.from_dict(accountant).after_round()
+            accountant, epsilon = spent.to_dict(), spent.epsilon(job.privacy.target_delta)
         try:
             delta, report = strategy.run_round(grid, round_number, delta, epsilon)
         except RoundFailed as failure:

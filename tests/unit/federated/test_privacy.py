@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from modelfleet.api.fedjob import FedJobSpec
+from modelfleet.federated.job import JobSettings
+from modelfleet.federated.launch import job_settings
 from modelfleet.federated.privacy import (
     ORDERS,
     Accountant,
@@ -40,11 +42,11 @@ updates = st.dictionaries(st.sampled_from(["q_proj.A", "q_proj.B", "v_proj.A"]),
 clip_norms = st.floats(1e-3, 1e3)
 
 
-def job(client_fraction: float, noise_multiplier: float = 1.0) -> FedJobSpec:
-    """A four-client DP FedJob."""
-    return FedJobSpec.model_validate(
+def job(client_fraction: float, noise_multiplier: float = 1.0) -> JobSettings:
+    """The settings of a four-client DP FedJob."""
+    spec = FedJobSpec.model_validate(
         {
-            "baseModel": {"uri": "builtin://tiny"},
+            "baseModel": {"uri": "zoo://qwen-tiny"},
             "clients": [{"name": f"c{i}", "datasetUri": f"s3://d{i}"} for i in range(4)],
             "aggregation": {"clientFraction": client_fraction},
             "privacy": {
@@ -53,6 +55,7 @@ def job(client_fraction: float, noise_multiplier: float = 1.0) -> FedJobSpec:
             "output": {"uri": "s3://out"},
         }
     )
+    return job_settings(spec)
 
 
 def classic_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
