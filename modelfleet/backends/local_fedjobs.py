@@ -52,14 +52,23 @@ def marker(owner: Owner) -> str:
     return f"fedjob-{owner.uid}"
 
 
+def read_owner(run_dir: Path) -> tuple[str, str] | None:
+    """The uid and namespace/name of the FedJob that claimed ``run_dir``, if one did."""
+    try:
+        uid, _, name = (run_dir / OWNER_FILE).read_text().strip().partition(" ")
+    except FileNotFoundError:
+        return None
+    return uid, name
+
+
 def claim_output(owner: Owner, run_dir: Path) -> None:
     """Make ``run_dir`` this FedJob's, unless it holds another FedJob's run: resuming or
     overwriting that would pass its rounds or its adapter off as this job's."""
-    claimed = run_dir / OWNER_FILE
-    if not claimed.exists():
-        write_atomically(claimed, f"{owner.uid} {owner.namespace}/{owner.name}\n")
+    claimed = read_owner(run_dir)
+    if claimed is None:
+        write_atomically(run_dir / OWNER_FILE, f"{owner.uid} {owner.namespace}/{owner.name}\n")
         return
-    uid, _, name = claimed.read_text().strip().partition(" ")
+    uid, name = claimed
     if uid != owner.uid:
         raise LocalJobInvalid(
             f"spec.output.uri: {run_dir} holds the run of FedJob {name} (uid {uid}); "
@@ -69,12 +78,8 @@ def claim_output(owner: Owner, run_dir: Path) -> None:
 
 def started_by(owner: Owner, run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run this FedJob has started."""
-    claimed = run_dir / OWNER_FILE
-    return (
-        (run_dir / JOB_FILE).is_file()
-        and claimed.is_file()
-        and claimed.read_text().split(" ", 1)[0] == owner.uid
-    )
+    claimed = read_owner(run_dir)
+    return (run_dir / JOB_FILE).is_file() and claimed is not None and claimed[0] == owner.uid
 
 
 def read_launches(run_dir: Path) -> tuple[int, int]:
@@ -187,8 +192,9 @@ class LocalFedJobs:
             spec, run_dir, started, _ = self._prepare(owner, workload)
         except LocalJobInvalid as error:
             return Observation(WorkloadState.FAILED, INVALID, str(error))
-        observed = self._observe_run(owner, run_dir, started or job_settings(spec))
-        if started is not None and started.digest() != job_settings(spec).digest():
+        wanted = job_settings(spec)
+        observed = self._observe_run(owner, run_dir, started or wanted)
+        if started is not None and started.digest() != wanted.digest():
             note = (
                 "; the spec changed after the run started: a FedJob keeps the spec it started "
                 "with (delete it, or point spec.output.uri at a new directory, to start over "

@@ -147,15 +147,7 @@ class FederatedLora(Strategy):  # type: ignore[misc]  # flwr is typed only in it
         """The global delta and the job to each sampled node."""
         self._arrays = arrays
         self.asked = self.sample(sorted(grid.get_node_ids()))
-        content = ConfigRecord({**config, ROUND_KEY: server_round, JOB_KEY: self.job.to_json()})
-        return [
-            Message(
-                content=RecordDict({ARRAYS: arrays, CONFIG: content}),
-                dst_node_id=node,
-                message_type=MessageType.TRAIN,
-            )
-            for node in self.asked
-        ]
+        return self._messages(MessageType.TRAIN, server_round, arrays, config, self.asked)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -191,14 +183,26 @@ class FederatedLora(Strategy):  # type: ignore[misc]  # flwr is typed only in it
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The new global delta to every connected node, to score on its held-out data."""
+        nodes = sorted(grid.get_node_ids())
+        return self._messages(MessageType.EVALUATE, server_round, arrays, config, nodes)
+
+    def _messages(
+        self,
+        message_type: str,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        nodes: Sequence[int],
+    ) -> list[Message]:
+        """One message of ``message_type`` per node: the global delta, the round, the job."""
         content = ConfigRecord({**config, ROUND_KEY: server_round, JOB_KEY: self.job.to_json()})
         return [
             Message(
                 content=RecordDict({ARRAYS: arrays, CONFIG: content}),
                 dst_node_id=node,
-                message_type=MessageType.EVALUATE,
+                message_type=message_type,
             )
-            for node in sorted(grid.get_node_ids())
+            for node in nodes
         ]
 
     def aggregate_evaluate(
