@@ -7,10 +7,9 @@ crash at any point converges to one child with the current spec.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from enum import StrEnum
 from typing import Any, cast
@@ -19,9 +18,22 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelfleet.api.pods import PodOverrides
 from modelfleet.artifacts.uri import PVC_MOUNT_ROOT
-from modelfleet.backends.base import Owner, spec_hash
+from modelfleet.backends.base import Owner
+from modelfleet.backends.pod_templates import (
+    GPU_TAINT,
+    GpuProducts,
+    apply_overrides,
+    child_metadata,
+    container_security,
+    gpu_affinity,
+    namespace_peer,
+    outdated,
+    owned,
+    pod_security,
+    resources,
+    volume_name,
+)
 from modelfleet.core.ttl import Ttl
 from modelfleet.core.workload import (
     API_KEYS_ARG,
@@ -36,13 +48,12 @@ from modelfleet.core.workload import (
     WorkloadState,
     distribute_ready,
 )
-from modelfleet.scheduling.inventory import Inventory, canonical_product, read_inventory
+from modelfleet.scheduling.inventory import Inventory, read_inventory
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "ray.io", "v1"
 PLURALS = {WorkloadKind.JOB: "rayjobs", WorkloadKind.SERVICE: "rayservices"}
 KINDS = {WorkloadKind.JOB: "RayJob", WorkloadKind.SERVICE: "RayService"}
-HASH_ANNOTATION = "modelfleet.io/spec-hash"
 SERVE_PORT = 8000
 DASHBOARD_PORTS = (8265, 52365)
 """The Ray dashboard and the dashboard agent, which KubeRay calls to submit and poll."""
@@ -50,32 +61,7 @@ KUBERAY_NAMESPACE = "kuberay-system"
 """Where the KubeRay operator runs unless told otherwise (its Helm chart's usual namespace)."""
 KUBERAY_NOT_INSTALLED = "KubeRayNotInstalled"
 NAME_CONFLICT = "NameConflict"
-NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 API_KEYS_VOLUME = "api-keys"
-RAY_GROUP = 100
-"""The group of the runtime image's user (1000:100, as in rayproject/ray)."""
-DEFAULT_REQUESTS = {"cpu": "1", "memory": "2Gi"}
-"""What a Ray container requests unless ``spec.pod.resources`` says otherwise."""
-REQUIRED_NODE_AFFINITY = "requiredDuringSchedulingIgnoredDuringExecution"
-
-
-def _pod_security() -> dict[str, Any]:
-    """A Ray pod's part of the restricted Pod Security Standard (see
-    modelfleet.core.pod_security); the fsGroup lets the Ray user read mounted Secrets."""
-    return {
-        "runAsNonRoot": True,
-        "fsGroup": RAY_GROUP,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _container_security() -> dict[str, Any]:
-    """A Ray container's part of the restricted Pod Security Standard."""
-    return {
-        "runAsNonRoot": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-    }
 
 
 def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str, Any]:
@@ -85,8 +71,8 @@ def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str
     container: dict[str, Any] = {
         "name": name,
         "image": image,
-        "resources": _resources(gpus, workload.pod),
-        "securityContext": _container_security(),
+        "resources": resources(gpus, workload.pod),
+        "securityContext": container_security(),
     }
     if workload.kind is WorkloadKind.JOB:
         config = json.dumps(workload.config, sort_keys=True)
@@ -96,7 +82,7 @@ def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str
         container["envFrom"] = [{"secretRef": {"name": s}} for s in secrets]
     mounts = [
         {
-            "name": _volume_name(claim),
+            "name": volume_name(claim),
             "mountPath": f"{PVC_MOUNT_ROOT}/{claim}",
             "readOnly": True,
         }
@@ -109,27 +95,6 @@ def _container(name: str, image: str, gpus: int, workload: Workload) -> dict[str
     return container
 
 
-def _resources(gpus: int, overrides: PodOverrides | None) -> dict[str, Any]:
-    """The default cpu and memory requests with the spec's over them, and the planned GPUs.
-    A limit set without its request drops the default request: Kubernetes then requests
-    the limit, which the default could exceed."""
-    requests: dict[str, Any] = dict(DEFAULT_REQUESTS)
-    limits: dict[str, Any] = {}
-    if overrides is not None:
-        own_limits = overrides.resources.limits.to_wire()
-        requests = {k: v for k, v in requests.items() if k not in own_limits}
-        requests.update(overrides.resources.requests.to_wire())
-        limits.update(own_limits)
-    if gpus:
-        limits["nvidia.com/gpu"] = gpus
-    resources: dict[str, Any] = {}
-    if requests:
-        resources["requests"] = requests
-    if limits:
-        resources["limits"] = limits
-    return resources
-
-
 def _env_secrets(workload: Workload) -> list[str]:
     """Secrets whose keys become a Ray container's environment: the artifacts' credentials,
     then ``spec.pod.credentialsSecret`` unless it is one of them."""
@@ -140,18 +105,13 @@ def _env_secrets(workload: Workload) -> list[str]:
     return secrets
 
 
-def _volume_name(claim: str) -> str:
-    """A pod volume name for a claim; claim names are DNS subdomains, volumes labels."""
-    return f"pvc-{spec_hash({'claim': claim})[:12]}"
-
-
 def _pod(container: dict[str, Any], workload: Workload) -> dict[str, Any]:
     """A pod spec around ``container`` with the workload's claims as read-only volumes and
     its API keys Secret, under the restricted Pod Security Standard."""
-    pod: dict[str, Any] = {"securityContext": _pod_security(), "containers": [container]}
+    pod: dict[str, Any] = {"securityContext": pod_security(), "containers": [container]}
     volumes: list[dict[str, Any]] = [
         {
-            "name": _volume_name(claim),
+            "name": volume_name(claim),
             "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
         }
         for claim in workload.claims
@@ -173,72 +133,8 @@ def _template(pod: dict[str, Any], workload: Workload) -> dict[str, Any]:
     """A pod template labelled with its workload, the label NetworkPolicies select, with
     the spec's pod overrides applied over what the operator planned."""
     if workload.pod is not None:
-        _apply_overrides(pod, workload.pod)
+        apply_overrides(pod, workload.pod)
     return {"metadata": {"labels": {WORKLOAD_LABEL: workload.name}}, "spec": pod}
-
-
-def _apply_overrides(pod: dict[str, Any], overrides: PodOverrides) -> None:
-    """Add ``spec.pod``'s scheduling, identity and image pulls to ``pod``. Tolerations
-    join the operator's and the affinity is merged with its GPU node affinity, so a pod
-    still lands on, and only on, the GPU type it was planned for."""
-    tolerations = [toleration.to_wire() for toleration in overrides.tolerations]
-    if tolerations:
-        pod["tolerations"] = [*pod.get("tolerations", []), *tolerations]
-    if overrides.affinity is not None:
-        pod["affinity"] = _merge_affinity(pod.get("affinity"), overrides.affinity)
-    if overrides.service_account_name is not None:
-        pod["serviceAccountName"] = overrides.service_account_name
-    if overrides.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": name} for name in overrides.image_pull_secrets]
-
-
-def _merge_affinity(own: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """``extra`` (a spec's Affinity) with the operator's required node affinity ``own``
-    kept: node selector terms are ORed, so every term of ``extra`` gets ``own``'s match
-    expressions and fields; pod (anti-)affinity and preferred terms pass through."""
-    merged = copy.deepcopy(extra)
-    own_required = ((own or {}).get("nodeAffinity") or {}).get(REQUIRED_NODE_AFFINITY)
-    if own_required is None:
-        return merged
-    node = merged.setdefault("nodeAffinity", {})
-    extra_terms = (node.get(REQUIRED_NODE_AFFINITY) or {}).get("nodeSelectorTerms") or [{}]
-    node[REQUIRED_NODE_AFFINITY] = {
-        "nodeSelectorTerms": [
-            _and_terms(term, own_term)
-            for term in extra_terms
-            for own_term in own_required["nodeSelectorTerms"]
-        ]
-    }
-    return merged
-
-
-def _and_terms(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """One node selector term that matches where both do (requirements in a term are ANDed)."""
-    term: dict[str, Any] = {}
-    for key in ("matchExpressions", "matchFields"):
-        requirements = [*first.get(key, []), *copy.deepcopy(second.get(key, []))]
-        if requirements:
-            term[key] = requirements
-    return term
-
-
-GpuProducts = Mapping[str, tuple[str, ...]]
-"""The ``nvidia.com/gpu.product`` values seen on the cluster's nodes, by GPU type."""
-GPU_TAINT = "nvidia.com/gpu"
-"""The taint GPU node pools commonly carry (GKE, EKS and AKS GPU pools, NVIDIA's docs)."""
-
-
-def gpu_affinity(gpu_type: str, products: GpuProducts) -> dict[str, Any]:
-    """A node affinity landing on ``gpu_type`` (a short name such as ``A100-80GB``): any node
-    whose GPU feature discovery product string is that type, plus the name as written, for
-    clusters that label nodes with short names."""
-    values = sorted({gpu_type, *products.get(canonical_product(gpu_type), ())})
-    term = {"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": values}]}
-    return {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
-        }
-    }
 
 
 def _worker_group(
@@ -296,9 +192,9 @@ def _submitter(image: str, workload: Workload) -> dict[str, Any]:
         "name": "ray-job-submitter",
         "image": image,
         "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}},
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
     }
-    pod = {"restartPolicy": "Never", "securityContext": _pod_security(), "containers": [container]}
+    pod = {"restartPolicy": "Never", "securityContext": pod_security(), "containers": [container]}
     return _template(pod, workload)
 
 
@@ -331,21 +227,6 @@ def render_spec(
     return {"serveConfigV2": yaml.safe_dump(serve, sort_keys=True), "rayClusterConfig": cluster}
 
 
-def _metadata(owner: Owner, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """A child's metadata: labelled, owned by the custom resource, with ``spec``'s hash."""
-    return {
-        "name": name,
-        "namespace": owner.namespace,
-        "labels": {
-            "app.kubernetes.io/managed-by": "modelfleet",
-            "modelfleet.io/owner-kind": owner.kind.lower(),
-            "modelfleet.io/owner-name": owner.name,
-        },
-        "annotations": {HASH_ANNOTATION: spec_hash(spec)},
-        "ownerReferences": [owner.reference()],
-    }
-
-
 def render(
     owner: Owner,
     workload: Workload,
@@ -360,17 +241,8 @@ def render(
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KINDS[workload.kind],
-        "metadata": _metadata(owner, workload.name, unrestored),
+        "metadata": child_metadata(owner, workload.name, unrestored),
         "spec": spec,
-    }
-
-
-def _namespaces(names: list[str]) -> dict[str, Any]:
-    """A NetworkPolicy peer: every pod in the namespaces so named."""
-    return {
-        "namespaceSelector": {
-            "matchExpressions": [{"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": names}]
-        }
     }
 
 
@@ -388,11 +260,11 @@ def render_network_policy(
         "ingress": [
             {"from": [{"podSelector": pods}]},
             {
-                "from": [_namespaces(sorted({*serve_from, owner.namespace}))],
+                "from": [namespace_peer(sorted({*serve_from, owner.namespace}))],
                 "ports": [{"port": SERVE_PORT, "protocol": "TCP"}],
             },
             {
-                "from": [_namespaces([kuberay_namespace])],
+                "from": [namespace_peer([kuberay_namespace])],
                 "ports": [{"port": port, "protocol": "TCP"} for port in DASHBOARD_PORTS],
             },
         ],
@@ -400,7 +272,7 @@ def render_network_policy(
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _metadata(owner, workload.name, spec),
+        "metadata": child_metadata(owner, workload.name, spec),
         "spec": spec,
     }
 
@@ -601,21 +473,6 @@ def cluster_change(old: dict[str, Any], new: dict[str, Any]) -> ClusterChange:
     return ClusterChange.NEW_CLUSTER
 
 
-def _owned(current: dict[str, Any], owner_uid: str) -> bool:
-    """Whether an object read by its deterministic name is the resource's own child, not
-    someone else's object that happens to share the name."""
-    references = current["metadata"].get("ownerReferences") or []
-    return any(reference.get("uid") == owner_uid for reference in references)
-
-
-def _outdated(current: dict[str, Any], desired: dict[str, Any]) -> bool:
-    """Whether the object as read was rendered from another spec than ``desired``."""
-    annotations = current["metadata"].get("annotations") or {}
-    return bool(
-        annotations.get(HASH_ANNOTATION) != desired["metadata"]["annotations"][HASH_ANNOTATION]
-    )
-
-
 def _update(current: dict[str, Any], desired: dict[str, Any]) -> None:
     """Give ``current`` (as read, with its resourceVersion) the desired spec and hash."""
     current["spec"] = desired["spec"]
@@ -706,9 +563,9 @@ class KubeRayBackend:
                     raise
                 return ApplyResult.UNCHANGED
             return ApplyResult.CREATED
-        if not _owned(current, owner.uid):
+        if not owned(current, owner.uid):
             return ApplyResult.SKIPPED
-        if workload.kind is WorkloadKind.JOB or not _outdated(current, desired):
+        if workload.kind is WorkloadKind.JOB or not outdated(current, desired):
             return ApplyResult.UNCHANGED
         if workload.kind is WorkloadKind.SERVICE:
             change = cluster_change(
@@ -751,7 +608,7 @@ class KubeRayBackend:
                     raise
             return
         current = json.loads(response.data)
-        if not _owned(current, desired["metadata"]["ownerReferences"][0]["uid"]) or not _outdated(
+        if not owned(current, desired["metadata"]["ownerReferences"][0]["uid"]) or not outdated(
             current, desired
         ):
             return
@@ -785,7 +642,7 @@ class KubeRayBackend:
         kind = KINDS[workload.kind]
         if current is None:
             return Observation(WorkloadState.MISSING, "Creating", f"{kind} not created yet")
-        if not _owned(current, owner.uid):
+        if not owned(current, owner.uid):
             return Observation(
                 WorkloadState.UNAVAILABLE,
                 NAME_CONFLICT,
@@ -796,7 +653,7 @@ class KubeRayBackend:
             return observe_rayservice(current, workload)
         observed = observe_rayjob(current)
         if (
-            _outdated(current, self._render(owner, workload))
+            outdated(current, self._render(owner, workload))
             and observed.state is not WorkloadState.SUCCEEDED
         ):
             note = (

@@ -10,21 +10,17 @@ last checkpointed round; after ``MAX_LAUNCHES`` starts without a new round the j
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from modelfleet.api.fedjob import FedJobSpec
 from modelfleet.backends.base import Owner
 from modelfleet.core.workload import ApplyResult, Observation, Workload, WorkloadState
 from modelfleet.federated.checkpoint import (
-    ADAPTER_DIR,
     RunResult,
-    RunState,
     read_latest_state,
     read_result,
     write_atomically,
@@ -39,6 +35,7 @@ from modelfleet.federated.launch import (
 )
 from modelfleet.federated.local_federation import write_sites
 from modelfleet.federated.processes import MARKER_VARIABLE, find_marked_processes, stop_processes
+from modelfleet.federated.progress import observe_result, observe_rounds, read_progress
 
 LAUNCHES_FILE = "launches"
 OWNER_FILE = "owner"
@@ -89,34 +86,6 @@ def read_launches(run_dir: Path) -> tuple[int, int]:
         return int(starts), int(at_round)
     except (FileNotFoundError, ValueError):
         return 0, 0
-
-
-def report(state: RunState | None, result: RunResult | None, run_dir: Path) -> dict[str, Any]:
-    """What FedJob status shows of a run: rounds, clients, ε, bytes, metrics, artifacts."""
-    if state is None:
-        return {"round": 0}
-    last = state.reports[-1] if state.reports else None
-    metrics = {}
-    if last is not None:
-        candidates = {
-            "trainLoss": last.train_loss,
-            "evalLoss": last.eval_loss,
-            "evalAccuracy": last.eval_accuracy,
-            "secondsPerRound": sum(r.seconds for r in state.reports) / len(state.reports),
-            "compressionRatio": last.uncompressed_bytes / last.bytes_sent
-            if last.bytes_sent
-            else 1.0,
-        }
-        metrics = {k: round(v, 6) for k, v in candidates.items() if math.isfinite(v)}
-    adapter = run_dir / ADAPTER_DIR
-    return {
-        "round": state.round,
-        "clients_reporting": len(last.clients) if last else 0,
-        "epsilon_spent": last.epsilon if last else 0.0,
-        "bytes_sent": state.bytes_sent,
-        "metrics": metrics,
-        "adapter": f"file://{adapter}" if result is not None and adapter.is_dir() else "",
-    }
 
 
 class LocalFedJobs:
@@ -205,22 +174,11 @@ class LocalFedJobs:
 
     @staticmethod
     def _observe_run(owner: Owner, run_dir: Path, settings: JobSettings) -> Observation:
-        state = read_latest_state(run_dir)
-        result = read_result(run_dir)
-        progress = report(state, result, run_dir)
+        progress, result = read_progress(run_dir, f"file://{run_dir}")
         if result is not None:
-            finished = (
-                WorkloadState.SUCCEEDED if result.phase == "Succeeded" else WorkloadState.FAILED
-            )
-            return Observation(finished, result.reason, result.message, job_report=progress)
+            return observe_result(progress, result)
         if find_marked_processes(marker(owner)):
-            done = state.round if state is not None else 0
-            return Observation(
-                WorkloadState.RUNNING,
-                "RoundInProgress",
-                f"round {done + 1} of {settings.rounds} in progress; {done} completed",
-                job_report=progress,
-            )
+            return observe_rounds(progress, settings.rounds)
         return Observation(
             WorkloadState.PENDING,
             "Restarting",

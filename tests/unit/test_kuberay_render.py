@@ -18,11 +18,9 @@ from controllers.workloads import apply_events
 from modelfleet.api.pods import PodOverrides
 from modelfleet.backends.base import Owner
 from modelfleet.backends.kuberay import (
-    HASH_ANNOTATION,
     WORKLOAD_LABEL,
     ClusterChange,
     cluster_change,
-    gpu_affinity,
     observe_rayjob,
     observe_rayservice,
     render,
@@ -30,6 +28,7 @@ from modelfleet.backends.kuberay import (
     rendered_part,
 )
 from modelfleet.backends.local import RUNTIME_NOT_AVAILABLE, LocalBackend, runtime_available
+from modelfleet.backends.pod_templates import HASH_ANNOTATION, gpu_affinity
 from modelfleet.core.pod_security import restricted_violations
 from modelfleet.core.workload import (
     API_KEYS_ARG,
