@@ -23,10 +23,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 
 from modelfleet.federated.checkpoint import RunResult, read_result, write_result
+from modelfleet.federated.credentials import (
+    CA_CERT,
+    SERVER_CERT,
+    SERVER_KEY,
+    public_keys,
+)
 from modelfleet.federated.job import JobSettings, read_job
 from modelfleet.federated.processes import (
     MARKER_VARIABLE,
@@ -38,6 +45,7 @@ from modelfleet.federated.processes import (
 APP_DIR = Path(__file__).parent / "flower_app"
 DEFAULT_VENV = Path(__file__).parents[2] / ".venv-federated"
 SITES_FILE = "sites.json"
+LOOPBACK = "127.0.0.1"
 CONNECTION = "local"
 """Name of the SuperLink connection in the run's private Flower config."""
 STARTUP_SECONDS = 60.0
@@ -75,7 +83,7 @@ def read_sites(run_dir: Path) -> dict[str, Path]:
     return {k: Path(v) for k, v in json.loads((run_dir / SITES_FILE).read_text()).items()}
 
 
-def render_node_config(client: str, dataset: Path) -> str:
+def render_node_config(client: str, dataset: PurePath) -> str:
     """A SuperNode's ``--node-config``: which client it is and where its own data lives."""
     return f"client={json.dumps(client)} dataset={json.dumps(str(dataset))}"
 
@@ -92,13 +100,70 @@ def parse_run_status(listing: str, run_id: str) -> str:
     raise ValueError(f"run {run_id} is not in the SuperLink's run list: {listing[:200]}")
 
 
+@dataclass(frozen=True)
+class Security:
+    """TLS with SuperNode authentication: the SuperLink's credential files (CA, certificate,
+    key, the clients' public keys) and each client's private key. Without it a federation
+    runs ``--insecure``, which only loopback makes acceptable."""
+
+    superlink_dir: Path
+    node_keys: Mapping[str, Path]
+
+
+def superlink_arguments(security: Security | None, host: str, port: int) -> list[str]:
+    """``flower-superlink``'s command line: one port serves the Fleet, Control and
+    ServerAppIo APIs; with ``security`` over TLS, admitting registered SuperNodes only."""
+    arguments = [
+        "flower-superlink",
+        "--disable-runtime-dependency-installation",
+        f"--host={host}",
+        f"--port={port}",
+    ]
+    if security is None:
+        return [*arguments, "--insecure"]
+    files = security.superlink_dir
+    return [
+        *arguments,
+        f"--ssl-ca-certfile={files / CA_CERT}",
+        f"--ssl-certfile={files / SERVER_CERT}",
+        f"--ssl-keyfile={files / SERVER_KEY}",
+        "--enable-supernode-auth",
+    ]
+
+
+def supernode_arguments(
+    superlink: str,
+    node_config: str,
+    port: int,
+    ca_cert: PurePath | None,
+    node_key: PurePath | None,
+) -> list[str]:
+    """``flower-supernode``'s command line: without a CA it connects ``--insecure``."""
+    arguments = [
+        "flower-supernode",
+        f"--superlink={superlink}",
+        f"--port={port}",
+        f"--node-config={node_config}",
+    ]
+    if ca_cert is None:
+        return [*arguments, "--insecure"]
+    arguments.append(f"--root-certificates={ca_cert}")
+    if node_key is not None:
+        arguments.append(f"--auth-supernode-private-key={node_key}")
+    return arguments
+
+
 class LocalFederation:
     """The processes of one federation and the files they write under ``run_dir``."""
 
-    def __init__(self, bin_dir: Path, run_dir: Path, marker: str) -> None:
+    def __init__(
+        self, bin_dir: Path, run_dir: Path, marker: str, security: Security | None = None
+    ) -> None:
         self.bin_dir = bin_dir
         self.run_dir = run_dir
         self.marker = marker
+        self.security = security
+        self.link_port = 0
         self.started: list[subprocess.Popen[bytes]] = []
         self.environment = self._isolate_environment()
 
@@ -145,35 +210,47 @@ class LocalFederation:
             raise RuntimeError(f"flwr {arguments[0]} failed: {done.stderr.decode()[-2000:]}")
         return done.stdout.decode()
 
+    def start_superlink(self, port: int, host: str = LOOPBACK) -> None:
+        """The SuperLink, the CLI's connection to it, and (with security) the registration
+        of every client's public key, which a restarted SuperLink has forgotten."""
+        security = self.security
+        connection = f'address = "127.0.0.1:{port}"\n'
+        if security is None:
+            connection += "insecure = true\n"
+        else:
+            connection += (
+                f"root-certificates = {json.dumps(str(security.superlink_dir / CA_CERT))}\n"
+            )
+        (self.run_dir / "flwr-home" / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n{connection}'
+        )
+        link = self.spawn("superlink", *superlink_arguments(security, host, port))
+        wait_for_port(port, link, STARTUP_SECONDS)
+        self.link_port = port
+        if security is not None:
+            for client, key in public_keys(security.superlink_dir).items():
+                self.flwr("supernode", "register", str(key), CONNECTION, f"--name={client}")
+
     def start(self, job: JobSettings, datasets: Mapping[str, Path]) -> None:
         """A SuperLink, then one SuperNode per client, each told only its own dataset."""
         link_port, *node_ports = pick_free_ports(1 + len(job.clients))
-        (self.run_dir / "flwr-home" / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
-        )
-        link = self.spawn(
-            "superlink",
-            "flower-superlink",
-            "--insecure",
-            "--disable-runtime-dependency-installation",
-            f"--port={link_port}",
-        )
-        wait_for_port(link_port, link, STARTUP_SECONDS)
+        self.start_superlink(link_port)
+        security = self.security
         for client, port in zip(job.clients, node_ports, strict=True):
-            node = self.spawn(
-                f"supernode-{client.name}",
-                "flower-supernode",
-                "--insecure",
-                f"--superlink=127.0.0.1:{link_port}",
-                f"--port={port}",
-                f"--node-config={render_node_config(client.name, datasets[client.name])}",
+            arguments = supernode_arguments(
+                f"127.0.0.1:{link_port}",
+                render_node_config(client.name, datasets[client.name]),
+                port,
+                None if security is None else security.superlink_dir / CA_CERT,
+                None if security is None else security.node_keys.get(client.name),
             )
+            node = self.spawn(f"supernode-{client.name}", *arguments)
             wait_for_port(port, node, STARTUP_SECONDS)
 
-    def run_app(self, timeout: float | None) -> None:
+    def run_app(self, timeout: float | None, on_poll: Callable[[], None] = lambda: None) -> None:
         """Submit the app for this run directory and wait until the SuperLink reports it
-        done; a process of the federation that dies ends the wait with an error."""
+        done, calling ``on_poll`` between polls; a process of the federation that dies ends
+        the wait with an error."""
         config_file = self.run_dir / "run-config.toml"
         config_file.write_text(f"work-dir = {json.dumps(str(self.run_dir))}\n")
         submitted = json.loads(
@@ -196,6 +273,7 @@ class LocalFederation:
                 log = self.run_dir / "logs" / "serverapp.log"
                 log.write_text(self.flwr("log", run_id, CONNECTION, "--show"))
                 raise RuntimeError(f"run {run_id} ended {status}; the ServerApp's log is {log}")
+            on_poll()
             time.sleep(POLL_SECONDS)
         raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f}s")
 
@@ -205,7 +283,10 @@ class LocalFederation:
 
 
 def run_federation(
-    run_dir: Path, timeout: float | None = None, venv: Path = DEFAULT_VENV
+    run_dir: Path,
+    timeout: float | None = None,
+    venv: Path = DEFAULT_VENV,
+    security: Security | None = None,
 ) -> RunResult:
     """Run (or resume) the federation of ``run_dir`` to its end; every process it started
     is gone when this returns or raises. The outcome is also in ``result.json``."""
@@ -213,7 +294,7 @@ def run_federation(
         return done
     bin_dir = find_federated_venv(venv)
     marker = os.environ.get(MARKER_VARIABLE) or uuid.uuid4().hex
-    federation = LocalFederation(bin_dir, run_dir.resolve(), marker)
+    federation = LocalFederation(bin_dir, run_dir.resolve(), marker, security)
     try:
         federation.start(read_job(run_dir), read_sites(run_dir))
         federation.run_app(timeout)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import ssl
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +21,12 @@ from modelfleet.federated.checkpoint import (
     read_latest_state,
     read_result,
 )
+from modelfleet.federated.credentials import (
+    CA_CERT,
+    NODE_KEY,
+    mint_credentials,
+    write_credentials,
+)
 from modelfleet.federated.datasets import write_site_dataset
 from modelfleet.federated.job import (
     JOB_FILE,
@@ -27,9 +35,22 @@ from modelfleet.federated.job import (
     Method,
     PrivacySettings,
 )
-from modelfleet.federated.local_federation import run_federation, write_sites
+from modelfleet.federated.local_federation import (
+    LocalFederation,
+    Security,
+    find_federated_venv,
+    read_sites,
+    render_node_config,
+    run_federation,
+    supernode_arguments,
+    write_sites,
+)
 from modelfleet.federated.privacy import Accountant
-from modelfleet.federated.processes import MARKER_VARIABLE, find_marked_processes
+from modelfleet.federated.processes import (
+    MARKER_VARIABLE,
+    find_marked_processes,
+    pick_free_ports,
+)
 from modelfleet.zoo import load_model
 
 BASE_MODEL = "qwen-tiny"
@@ -39,6 +60,8 @@ NOISE = 2.0
 DELTA = 1e-5
 MARKER = "test-flower-local"
 TIMEOUT = 600
+REFUSED_SUPERNODE = 305
+"""The code Flower logs for a SuperNode the SuperLink would not activate."""
 
 
 def target_epsilon_for(rounds: int) -> float:
@@ -75,6 +98,19 @@ def three_clients(rounds: int, min_clients: int = 3) -> JobSettings:
         client_fraction=1.0,
         eval_examples=10,
     )
+
+
+def tls_handshake(port: int, ca_cert: Path) -> str:
+    """The common name of the certificate served on ``port``, verified against ``ca_cert``."""
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as wrapped,
+    ):
+        certificate = wrapped.getpeercert()
+    assert certificate is not None
+    names = [value for rdn in certificate["subject"] for key, value in rdn if key == "commonName"]
+    return str(names[0])
 
 
 def kill_after_round(
@@ -172,4 +208,57 @@ def test_a_failing_client_is_dropped_and_below_min_clients_the_job_fails_naming_
     assert (result.phase, result.reason) == ("Failed", "ClientsMissing")
     assert "fewer than minClients=3; missing: site-2" in result.message
     assert read_latest_state(strict) is None
+    assert find_marked_processes(MARKER) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2 * TIMEOUT)
+def test_over_tls_only_registered_supernodes_join(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The federation as a cluster runs it: TLS with the job's own CA and Flower's
+    CLI-managed SuperNode authentication. A SuperNode whose key the SuperLink has not
+    registered is refused (Flower's exit code 305); the registered ones train a round."""
+    monkeypatch.setenv(MARKER_VARIABLE, MARKER)
+    job = replace(three_clients(rounds=1, min_clients=2), clients=three_clients(1).clients[:2])
+    run_dir = prepare_run(tmp_path, replace(three_clients(1), rounds=1))
+    (run_dir / JOB_FILE).write_text(job.to_json())
+    credentials = mint_credentials(["127.0.0.1", "localhost"], ["site-0", "site-1", "intruder"])
+    intruder_key = credentials.superlink.pop("intruder.pub")
+    assert intruder_key.startswith(b"ecdsa-sha2-nistp384 ")
+    superlink_dir = write_credentials(tmp_path / "superlink", credentials.superlink)
+    node_keys = {
+        name: write_credentials(tmp_path / name, files) / NODE_KEY
+        for name, files in credentials.clients.items()
+    }
+    security = Security(superlink_dir, node_keys)
+    bin_dir = find_federated_venv()
+
+    federation = LocalFederation(bin_dir, run_dir, MARKER, security)
+    try:
+        federation.start(job, read_sites(run_dir))
+        link_port = federation.link_port
+        assert tls_handshake(link_port, superlink_dir / CA_CERT) == "superlink"
+        intruder = federation.spawn(
+            "supernode-intruder",
+            *supernode_arguments(
+                f"127.0.0.1:{link_port}",
+                render_node_config("intruder", tmp_path / "site-2"),
+                pick_free_ports(1)[0],
+                superlink_dir / CA_CERT,
+                node_keys["intruder"],
+            ),
+        )
+        federation.started.remove(intruder)
+        assert intruder.wait(timeout=60) != 0
+        refusal = (run_dir / "logs" / "supernode-intruder.log").read_text()
+        assert f"Exit Code: {REFUSED_SUPERNODE}" in refusal
+        federation.run_app(TIMEOUT)
+    finally:
+        federation.stop()
+
+    result = read_result(run_dir)
+    assert result is not None and (result.phase, result.reason) == ("Succeeded", "RoundsCompleted")
+    state = read_latest_state(run_dir)
+    assert state is not None and state.reports[0].clients == ("site-0", "site-1")
     assert find_marked_processes(MARKER) == []
