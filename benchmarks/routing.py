@@ -71,8 +71,11 @@ from modelfleet.routing.profiles import ProfileBook, import_learned
 from modelfleet.routing.router import REASON_HEADER, TARGET_HEADER
 from modelfleet.routing.strategies import Candidate, Objectives, RouteContext, choose_route
 from modelfleet.routing.wire import confidence, event_payload, total_tokens
-from modelfleet.zoo import RECIPES, SKILLS, Split, ensure_model, read_manifest
+from modelfleet.zoo.cache import ensure_model
 from modelfleet.zoo.evaluation import MAX_REPLY_TOKENS
+from modelfleet.zoo.manifest import read_manifest
+from modelfleet.zoo.recipes import RECIPES
+from modelfleet.zoo.skills import SKILLS, Split
 
 TARGET_QUALITY = 0.95
 """Quality vs the strongest model a strategy must reach..."""

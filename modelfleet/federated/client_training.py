@@ -27,9 +27,9 @@ from modelfleet.federated.lora import (
     train_adapter,
     write_adapter,
 )
-from modelfleet.zoo import load_model
+from modelfleet.zoo.cache import load_model
 from modelfleet.zoo.evaluation import reply
-from modelfleet.zoo.recipes import CausalLM
+from modelfleet.zoo.models import CausalLM
 from modelfleet.zoo.skills import Example
 
 PEFT_PREFIX = "base_model.model."

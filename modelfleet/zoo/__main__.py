@@ -10,7 +10,8 @@ import torch
 
 from modelfleet.zoo.cache import ensure_model, load_model, read_current_manifest
 from modelfleet.zoo.evaluation import evaluate
-from modelfleet.zoo.recipes import RECIPES, create_model
+from modelfleet.zoo.models import create_model
+from modelfleet.zoo.recipes import RECIPES
 from modelfleet.zoo.skills import SKILLS
 
 

@@ -21,7 +21,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBas
 
 from modelfleet.zoo.build import build
 from modelfleet.zoo.manifest import Manifest, read_manifest
-from modelfleet.zoo.recipes import RECIPES, Architecture, CausalLM, Recipe, hash_recipe
+from modelfleet.zoo.models import CausalLM
+from modelfleet.zoo.recipes import RECIPES, Architecture, Recipe, hash_recipe
 from modelfleet.zoo.training import Progress
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from modelfleet.zoo.recipes import CausalLM
+from modelfleet.zoo.models import CausalLM
 from modelfleet.zoo.skills import SKILLS, Split
 from modelfleet.zoo.tokenizer import END_OF_TEXT_ID, IM_END_ID
 from modelfleet.zoo.training import encode_prompts

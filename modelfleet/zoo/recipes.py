@@ -11,11 +11,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
 
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-from modelfleet.zoo.tokenizer import END_OF_TEXT_ID, IM_END_ID, TOKENIZERS, TokenizerSpec
+from modelfleet.zoo.tokenizer import TOKENIZERS, TokenizerSpec
 
 ZOO_FORMAT = 1
 """Part of every recipe hash: bump it when skills, training or artifacts change meaning."""
@@ -66,40 +63,21 @@ def hash_recipe(recipe: Recipe) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def configure_model(recipe: Recipe) -> LlamaConfig | Qwen2Config:
-    """The Hugging Face config of ``recipe``'s model over its tokenizer's vocabulary.
-
-    Llama gets grouped-query attention and separate input/output embeddings; Qwen2 gets its
-    attention biases and tied embeddings, as the released models of each family do.
-    """
-    common: dict[str, Any] = {
-        "vocab_size": recipe.tokenizer.vocab_size,
-        "hidden_size": recipe.hidden_size,
-        "num_hidden_layers": recipe.layers,
-        "num_attention_heads": recipe.heads,
-        "num_key_value_heads": recipe.kv_heads,
-        "intermediate_size": recipe.intermediate_size,
-        "max_position_embeddings": recipe.max_positions,
-        "rope_parameters": {"rope_type": "default", "rope_theta": recipe.rope_theta},
-        "bos_token_id": END_OF_TEXT_ID,
-        "eos_token_id": IM_END_ID,
-        "pad_token_id": END_OF_TEXT_ID,
+def linear_layers(recipe: Recipe) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear layer of a decoder block, by module name, as the
+    Llama and Qwen2 classes build them (head size = hidden size / heads): what LoRA targets
+    and how wide a rank each takes, known without building the model."""
+    head = recipe.hidden_size // recipe.heads
+    hidden, inner = recipe.hidden_size, recipe.intermediate_size
+    return {
+        "q_proj": (hidden, recipe.heads * head),
+        "k_proj": (hidden, recipe.kv_heads * head),
+        "v_proj": (hidden, recipe.kv_heads * head),
+        "o_proj": (recipe.heads * head, hidden),
+        "gate_proj": (hidden, inner),
+        "up_proj": (hidden, inner),
+        "down_proj": (inner, hidden),
     }
-    if recipe.architecture is Architecture.LLAMA:
-        return LlamaConfig(**common, tie_word_embeddings=False)
-    return Qwen2Config(**common, tie_word_embeddings=True)
-
-
-CausalLM = LlamaForCausalLM | Qwen2ForCausalLM
-"""The model classes of the zoo."""
-
-
-def create_model(recipe: Recipe) -> CausalLM:
-    """``recipe``'s model with freshly initialised weights, on the current default device."""
-    config = configure_model(recipe)
-    if isinstance(config, LlamaConfig):
-        return LlamaForCausalLM(config)
-    return Qwen2ForCausalLM(config)
 
 
 RECIPES: dict[str, Recipe] = {

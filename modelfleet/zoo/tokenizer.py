@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from modelfleet.zoo.skills import SKILLS, Split
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 END_OF_TEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -61,7 +62,11 @@ def _render_training_text(spec: TokenizerSpec) -> Iterator[str]:
 
 
 def train_tokenizer(spec: TokenizerSpec) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer per ``spec``, with the special tokens and chat template."""
+    """A byte-level BPE tokenizer per ``spec``, with the special tokens and chat template.
+    The tokenizer libraries are imported here: the specs alone (recipes) need neither."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
         [

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from modelfleet.zoo.recipes import CausalLM, Recipe, create_model
+from modelfleet.zoo.models import CausalLM, create_model
+from modelfleet.zoo.recipes import Recipe
 from modelfleet.zoo.skills import SKILLS, Example, Split
 from modelfleet.zoo.tokenizer import END_OF_TEXT_ID, IM_END_ID
 

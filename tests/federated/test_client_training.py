@@ -11,7 +11,7 @@ from modelfleet.federated.client_training import load_with_delta, train_round
 from modelfleet.federated.job import ClientSettings, JobSettings, Method
 from modelfleet.federated.partition import draw_examples
 from modelfleet.federated.rounds import Contribution, aggregate_round
-from modelfleet.zoo import load_model
+from modelfleet.zoo.cache import load_model
 from modelfleet.zoo.skills import Split
 
 BASE_MODEL = "qwen-tiny"

@@ -7,7 +7,8 @@ from dataclasses import replace
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from modelfleet.zoo.recipes import RECIPES, Architecture, configure_model, hash_recipe
+from modelfleet.zoo.models import configure_model
+from modelfleet.zoo.recipes import RECIPES, Architecture, hash_recipe, linear_layers
 from modelfleet.zoo.skills import SKILLS
 from modelfleet.zoo.tokenizer import IM_END_ID
 
@@ -63,3 +64,14 @@ def test_recipe_hash_is_stable_and_sees_every_field() -> None:
         replace(recipe, tokenizer=replace(recipe.tokenizer, seed=99))
     )
     assert len({hash_recipe(r) for r in RECIPES.values()}) == len(RECIPES)
+
+
+def test_linear_layers_are_the_built_models_layers() -> None:
+    """The closed form the operator checks LoRA ranks with, against every built model."""
+    for name, recipe in RECIPES.items():
+        built = {
+            module_name.rsplit(".", 1)[-1]: (module.in_features, module.out_features)
+            for module_name, module in _meta_model(name).named_modules()
+            if isinstance(module, torch.nn.Linear) and ".layers." in module_name
+        }
+        assert linear_layers(recipe) == built, name

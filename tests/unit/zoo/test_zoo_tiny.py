@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import Qwen2Config
 
-from modelfleet.zoo.recipes import RECIPES, configure_model, create_model
+from modelfleet.zoo.models import configure_model, create_model
+from modelfleet.zoo.recipes import RECIPES
 
 TINY_COST_SHARE = 0.15
 """At most this share of the generalist's parameters, hence of its forward FLOPs per token."""
