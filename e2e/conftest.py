@@ -17,6 +17,7 @@ import pytest
 
 from modelfleet.devcluster import LocalCluster, find_binaries
 from modelfleet.devcluster.cluster import free_port
+from modelfleet.scheduling.inventory import describe_node
 from tests.kuberay_crds import PLURALS as KUBERAY_PLURALS
 from tests.kuberay_crds import for_kube_1_20, load_crd
 
@@ -164,3 +165,29 @@ def start_operator(
 def namespace(kube: Kube, name: str) -> str:
     kube("create", "namespace", name)
     return name
+
+
+MIXED_CLUSTER = [
+    *(
+        describe_node(f"h100-a{i}", "NVIDIA-H100-80GB-HBM3", 8, "infiniband", "ib-a")
+        for i in range(2)
+    ),
+    *(
+        describe_node(f"h100-b{i}", "NVIDIA-H100-80GB-HBM3", 8, "infiniband", "ib-b")
+        for i in range(2)
+    ),
+    *(describe_node(f"a100-{i}", "NVIDIA-A100-SXM4-80GB", 8, "roce", "roce-1") for i in range(2)),
+    describe_node("l4-0", "NVIDIA-L4", 8),
+]
+
+
+def create_nodes(kube: Kube) -> None:
+    """Node objects modelling a heterogeneous cluster: two InfiniBand islands of H100,
+    a RoCE island of A100 and an Ethernet-only L4 node. No kubelet runs, so the GPU
+    count is given by the GPU feature discovery label rather than node status."""
+    for node in MIXED_CLUSTER:
+        labels = node["metadata"]["labels"]
+        labels["nvidia.com/gpu.count"] = node["status"]["capacity"]["nvidia.com/gpu"]
+        labels["kubernetes.io/hostname"] = node["metadata"]["name"]
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": node["metadata"]}
+        kube("apply", "-f", "-", stdin=json.dumps(body))

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
+from e2e.conftest import ROOT, Kube, Operator, create_nodes, namespace, wait_for
 from modelfleet.backends.kuberay import ClusterChange, cluster_change, render
 from modelfleet.core.workload import Workload
-from modelfleet.scheduling.inventory import describe_node
 from tests.kuberay_crds import JOB, OWNER, SERVICE, TRANSITION_TIME, deploy_failed, serving
 
 pytestmark = pytest.mark.envtest
@@ -24,38 +23,12 @@ KUBERAY_DEFAULTS = {"backoffLimit", "submissionMode", "numOfHosts", "priority"}
 RUNNING_JOB = {
     "jobDeploymentStatus": "Running",
     "jobStatus": "RUNNING",
-    "jobId": "clinical-notes-fed-7x2k9",
-    "rayClusterName": "clinical-notes-fed-raycluster-a",
-    "dashboardURL": "clinical-notes-fed-raycluster-a-head-svc.ray.svc.cluster.local:8265",
+    "jobId": "fuse-chat-fusion-7x2k9",
+    "rayClusterName": "fuse-chat-fusion-raycluster-a",
+    "dashboardURL": "fuse-chat-fusion-raycluster-a-head-svc.ray.svc.cluster.local:8265",
     "startTime": TRANSITION_TIME,
     "observedGeneration": 1,
 }
-
-
-MIXED_CLUSTER = [
-    *(
-        describe_node(f"h100-a{i}", "NVIDIA-H100-80GB-HBM3", 8, "infiniband", "ib-a")
-        for i in range(2)
-    ),
-    *(
-        describe_node(f"h100-b{i}", "NVIDIA-H100-80GB-HBM3", 8, "infiniband", "ib-b")
-        for i in range(2)
-    ),
-    *(describe_node(f"a100-{i}", "NVIDIA-A100-SXM4-80GB", 8, "roce", "roce-1") for i in range(2)),
-    describe_node("l4-0", "NVIDIA-L4", 8),
-]
-
-
-def create_nodes(kube: Kube) -> None:
-    """Node objects modelling a heterogeneous cluster: two InfiniBand islands of H100,
-    a RoCE island of A100 and an Ethernet-only L4 node. No kubelet runs, so the GPU
-    count is given by the GPU feature discovery label rather than node status."""
-    for node in MIXED_CLUSTER:
-        labels = node["metadata"]["labels"]
-        labels["nvidia.com/gpu.count"] = node["status"]["capacity"]["nvidia.com/gpu"]
-        labels["kubernetes.io/hostname"] = node["metadata"]["name"]
-        body = {"apiVersion": "v1", "kind": "Node", "metadata": node["metadata"]}
-        kube("apply", "-f", "-", stdin=json.dumps(body))
 
 
 @pytest.fixture(scope="module")
@@ -124,33 +97,29 @@ def additions(rendered: Any, stored: Any) -> set[str]:
 def test_missing_kuberay_is_reported(kube: Kube, start: Callable[[], Operator]) -> None:
     operator = start()
     kube("apply", "-n", NS, "-f", str(ROOT / "examples"))
-    ready = kube.wait_reason("fedjob/clinical-notes", NS, "KubeRayNotInstalled")
+    ready = kube.wait_reason("fusionjob/fuse-chat", NS, "KubeRayNotInstalled")
     assert "install the KubeRay operator" in ready["message"]
+    local = kube.wait_reason("fedjob/clinical-notes", NS, "InvalidForCluster")
+    assert "pvc://<claim>/<path>" in local["message"], "FedJobs run on Flower, not KubeRay"
     operator.stop()
 
 
 @pytest.mark.usefixtures("kuberay_crds")
 def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) -> None:
     operator = start()
-    kube.wait_reason("fedjob/clinical-notes", NS, "RayJobStarting")
-    owner = kube.get("fedjob/clinical-notes", "-n", NS)
-    job = kube.get("rayjob/clinical-notes-fed", "-n", NS)
+    kube.wait_reason("fusionjob/fuse-chat", NS, "RayJobStarting")
+    owner = kube.get("fusionjob/fuse-chat", "-n", NS)
+    job = kube.get("rayjob/fuse-chat-fusion", "-n", NS)
     reference = job["metadata"]["ownerReferences"][0]
     assert (reference["kind"], reference["uid"], reference["controller"]) == (
-        "FedJob",
+        "FusionJob",
         owner["metadata"]["uid"],
         True,
     )
-    groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert [gpu_products(g["template"]["spec"]) for g in groups] == [
-        ["A100-80GB", "NVIDIA-A100-SXM4-80GB"],
-        ["L4", "NVIDIA-L4"],
-        None,
-    ], "the clients' GPU types, as named and as the nodes' feature discovery names them"
-    assert kube.condition("fedjob/clinical-notes", NS, "Progressing")["status"] == "True"
+    assert kube.condition("fusionjob/fuse-chat", NS, "Progressing")["status"] == "True"
 
-    _set_status(kube, "rayjob/clinical-notes-fed", RUNNING_JOB)
-    assert kube.wait_reason("fedjob/clinical-notes", NS, "Running")["status"] == "True"
+    _set_status(kube, "rayjob/fuse-chat-fusion", RUNNING_JOB)
+    assert kube.wait_reason("fusionjob/fuse-chat", NS, "Running")["status"] == "True"
 
     kube.wait_reason("modelpool/chat", NS, "RayServiceStarting")
     _set_status(kube, "rayservice/chat-serve", serving("chat-serve", 2))
@@ -204,7 +173,7 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
 
     operator.stop(signal.SIGKILL)
     restarted = start()
-    kube("annotate", "fedjob/clinical-notes", "-n", NS, "touched=after-restart")
+    kube("annotate", "fusionjob/fuse-chat", "-n", NS, "touched=after-restart")
     wait_for(
         lambda: (
             restarted.process.poll() is None and "Handler 'reconcile' succeeded" in restarted.logs()
@@ -213,10 +182,10 @@ def test_children_status_and_restart(kube: Kube, start: Callable[[], Operator]) 
         "the restarted operator to reconcile",
     )
     names = sorted(o["metadata"]["name"] for o in _children(kube, "rayjobs"))  # type: ignore[index]
-    assert names == ["clinical-notes-fed", "fuse-chat-fusion"]
+    assert names == ["fuse-chat-fusion"]
     services = sorted(o["metadata"]["name"] for o in _children(kube, "rayservices"))  # type: ignore[index]
     assert services == ["chat-router-router", "chat-serve"]
-    assert kube.condition("fedjob/clinical-notes", NS)["reason"] == "Running"
+    assert kube.condition("fusionjob/fuse-chat", NS)["reason"] == "Running"
 
 
 def test_a_service_keeps_its_network_policy_and_lands_on_real_gpu_products(kube: Kube) -> None:
@@ -259,21 +228,27 @@ def test_a_service_keeps_its_network_policy_and_lands_on_real_gpu_products(kube:
 
 
 def test_jobs_keep_their_spec_stay_finished_and_leave_strangers_alone(kube: Kube) -> None:
-    """Runs with the restarted operator of the test above, the FedJob's RayJob running."""
-    started = kube.get("rayjob/clinical-notes-fed", "-n", NS)["spec"]
-    kube("patch", "fedjob/clinical-notes", "-n", NS, "--type=merge", "-p", '{"spec":{"rounds":7}}')
+    """Runs with the restarted operator of the test above."""
+    example = (ROOT / "examples" / "fusionjob.yaml").read_text()
+    kube("apply", "-n", NS, "-f", "-", stdin=example.replace("name: fuse-chat", "name: steady"))
+    kube.wait_reason("fusionjob/steady", NS, "RayJobStarting")
+    _set_status(kube, "rayjob/steady-fusion", {**RUNNING_JOB, "jobId": "steady-fusion-1"})
+    kube.wait_reason("fusionjob/steady", NS, "Running")
+    started = kube.get("rayjob/steady-fusion", "-n", NS)["spec"]
+    patch = '{"spec":{"training":{"epochs":3}}}'
+    kube("patch", "fusionjob/steady", "-n", NS, "--type=merge", "-p", patch)
     wait_for(
         lambda: (
-            "keeps the spec it started with"
-            in kube.condition("fedjob/clinical-notes", NS)["message"]
+            "keeps the spec it started with" in kube.condition("fusionjob/steady", NS)["message"]
         ),
         30,
-        "the FedJob to say its running job keeps its spec",
+        "the FusionJob to say its running job keeps its spec",
     )
-    assert kube.get("rayjob/clinical-notes-fed", "-n", NS)["spec"] == started
+    assert kube.get("rayjob/steady-fusion", "-n", NS)["spec"] == started
 
     done = {
         **RUNNING_JOB,
+        "jobId": "steady-fusion-1",
         "jobDeploymentStatus": "Complete",
         "jobStatus": "SUCCEEDED",
         "message": "Job finished successfully.",
@@ -281,25 +256,24 @@ def test_jobs_keep_their_spec_stay_finished_and_leave_strangers_alone(kube: Kube
         "failed": 0,
         "endTime": TRANSITION_TIME,
     }
-    _set_status(kube, "rayjob/clinical-notes-fed", done)
-    assert kube.wait_reason("fedjob/clinical-notes", NS, "Succeeded")["status"] == "True"
-    kube("delete", "rayjob/clinical-notes-fed", "-n", NS)
+    _set_status(kube, "rayjob/steady-fusion", done)
+    assert kube.wait_reason("fusionjob/steady", NS, "Succeeded")["status"] == "True"
+    kube("delete", "rayjob/steady-fusion", "-n", NS)
     time.sleep(6)  # three resyncs
-    assert "clinical-notes-fed" not in kube("get", "rayjobs", "-n", NS, "-o", "name")
-    assert kube.condition("fedjob/clinical-notes", NS)["reason"] == "Succeeded"
+    assert "steady-fusion" not in kube("get", "rayjobs", "-n", NS, "-o", "name")
+    assert kube.condition("fusionjob/steady", NS)["reason"] == "Succeeded"
 
     stranger = {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
-        "metadata": {"name": "stranger-fed"},
+        "metadata": {"name": "stranger-fusion"},
         "spec": {"entrypoint": "echo someone else's job"},
     }
     kube("apply", "-n", NS, "-f", "-", stdin=json.dumps(stranger))
-    job = (ROOT / "examples" / "fedjob.yaml").read_text()
-    kube("apply", "-n", NS, "-f", "-", stdin=job.replace("name: clinical-notes", "name: stranger"))
-    conflict = kube.wait_reason("fedjob/stranger", NS, "NameConflict")
-    assert "a RayJob named stranger-fed exists" in conflict["message"]
-    kept = kube.get("rayjob/stranger-fed", "-n", NS)
+    kube("apply", "-n", NS, "-f", "-", stdin=example.replace("name: fuse-chat", "name: stranger"))
+    conflict = kube.wait_reason("fusionjob/stranger", NS, "NameConflict")
+    assert "a RayJob named stranger-fusion exists" in conflict["message"]
+    kept = kube.get("rayjob/stranger-fusion", "-n", NS)
     assert differences(stranger["spec"], kept["spec"]) == []
     assert not kept["metadata"].get("ownerReferences")
 

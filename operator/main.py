@@ -69,6 +69,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--runtime-image", default=env("MODELFLEET_RUNTIME_IMAGE", "modelfleet/runtime:0.1.0")
     )
     parser.add_argument(
+        "--federated-image",
+        default=env("MODELFLEET_FEDERATED_IMAGE", "modelfleet/federated:0.1.0"),
+        help="kuberay backend: image of FedJobs' SuperLink and SuperNode pods "
+        "(images/federated/Dockerfile)",
+    )
+    parser.add_argument(
         "--ray-token-auth",
         action=argparse.BooleanOptionalAction,
         default=env("MODELFLEET_RAY_TOKEN_AUTH", "true").lower() == "true",
@@ -120,6 +126,7 @@ def make_backend(args: argparse.Namespace, api: Any) -> Any:
             token_auth=args.ray_token_auth,
             serve_from=args.serve_from_namespace,
             kuberay_namespace=args.kuberay_namespace,
+            federated_image=args.federated_image,
         )
     from controllers.secrets import secret_reader
     from modelfleet.backends.local import LocalBackend

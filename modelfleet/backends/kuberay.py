@@ -1,4 +1,6 @@
-"""Run workloads as KubeRay objects: a RayJob for jobs, a RayService for services.
+"""Run workloads as KubeRay objects: a RayJob for jobs, a RayService for services;
+FedJobs, which run on Flower rather than Ray, as the Deployments of
+:mod:`~modelfleet.backends.cluster_fedjobs`.
 
 Rendering is pure (``render_*``); ``KubeRayBackend`` applies the rendering with
 deterministic names, owner references and a spec hash, so repeating it after a
@@ -20,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelfleet.artifacts.uri import PVC_MOUNT_ROOT
 from modelfleet.backends.base import Owner
+from modelfleet.backends.cluster_fedjobs import ClusterFedJobs
 from modelfleet.backends.pod_templates import (
     GPU_TAINT,
     GpuProducts,
@@ -48,6 +51,7 @@ from modelfleet.core.workload import (
     WorkloadState,
     distribute_ready,
 )
+from modelfleet.federated.plan import ENTRYPOINT as FEDERATED_ENTRYPOINT
 from modelfleet.scheduling.inventory import Inventory, read_inventory
 
 log = logging.getLogger(__name__)
@@ -497,6 +501,7 @@ class KubeRayBackend:
         token_auth: bool = True,
         serve_from: Sequence[str] = (),
         kuberay_namespace: str = KUBERAY_NAMESPACE,
+        federated_image: str = "",
     ) -> None:
         self._core = client.CoreV1Api(api)
         self._custom = client.CustomObjectsApi(api)
@@ -508,6 +513,9 @@ class KubeRayBackend:
         self._kuberay_namespace = kuberay_namespace
         self._inventory = Ttl(self._read_inventory, cache_seconds)
         self._installed = Ttl(self._read_installed, cache_seconds)
+        self.fedjobs = ClusterFedJobs(
+            api, federated_image or image, lambda: self.inventory().product_labels()
+        )
 
     def inventory(self) -> Inventory:
         """The cluster's GPU nodes, read from their labels (see modelfleet.scheduling.inventory)."""
@@ -543,7 +551,9 @@ class KubeRayBackend:
 
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
         """Apply the child (and, first, a service's NetworkPolicy, so its pods never run
-        unguarded); the result is the child's."""
+        unguarded); the result is the child's. FedJobs run on Flower, not Ray."""
+        if workload.entrypoint == FEDERATED_ENTRYPOINT:
+            return self.fedjobs.apply(owner, workload)
         if not self.installed():
             return ApplyResult.SKIPPED
         if workload.kind is WorkloadKind.SERVICE:
@@ -630,6 +640,8 @@ class KubeRayBackend:
         )
 
     def observe(self, owner: Owner, workload: Workload) -> Observation:
+        if workload.entrypoint == FEDERATED_ENTRYPOINT:
+            return self.fedjobs.observe(owner, workload)
         if not self.installed():
             return Observation(
                 WorkloadState.UNAVAILABLE,

@@ -28,7 +28,7 @@ from modelfleet.federated.checkpoint import (
 )
 from modelfleet.federated.job import JOB_FILE, JobSettings, read_job
 from modelfleet.federated.launch import (
-    LocalJobInvalid,
+    JobInvalid,
     check_local_job,
     job_settings,
     local_path,
@@ -67,7 +67,7 @@ def claim_output(owner: Owner, run_dir: Path) -> None:
         return
     uid, name = claimed
     if uid != owner.uid:
-        raise LocalJobInvalid(
+        raise JobInvalid(
             f"spec.output.uri: {run_dir} holds the run of FedJob {name} (uid {uid}); "
             "point spec.output.uri at a new directory, or remove that run first"
         )
@@ -116,7 +116,7 @@ class LocalFedJobs:
         """Start the run's supervisor unless it is running or the run has ended."""
         try:
             spec, run_dir, started, datasets = self._prepare(owner, workload)
-        except LocalJobInvalid:
+        except JobInvalid:
             return ApplyResult.SKIPPED
         if read_result(run_dir) is not None or find_marked_processes(marker(owner)):
             return ApplyResult.UNCHANGED
@@ -159,7 +159,7 @@ class LocalFedJobs:
         """The run's state from its files and whether its processes live."""
         try:
             spec, run_dir, started, _ = self._prepare(owner, workload)
-        except LocalJobInvalid as error:
+        except JobInvalid as error:
             return Observation(WorkloadState.FAILED, INVALID, str(error))
         wanted = job_settings(spec)
         observed = self._observe_run(owner, run_dir, started or wanted)

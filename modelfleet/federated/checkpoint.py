@@ -20,12 +20,13 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
-from modelfleet.federated.rounds import Delta
+if TYPE_CHECKING:
+    # Only a type here: the operator reads checkpoints' JSON without the aggregation code.
+    from modelfleet.federated.rounds import Delta
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
@@ -97,7 +98,10 @@ class RunResult:
 
 
 def save_round(work_dir: Path, state: RunState, delta: Delta) -> None:
-    """Write round ``state.round`` completely, then point ``LATEST`` at it."""
+    """Write round ``state.round`` completely, then point ``LATEST`` at it. (safetensors
+    is imported by the two functions that need it: the operator reads only the JSON.)"""
+    from safetensors.numpy import save_file
+
     root = work_dir / CHECKPOINTS
     name = f"round-{state.round:04d}"
     staging = root / f".{name}.tmp"
@@ -128,6 +132,8 @@ def discard_checkpoints(work_dir: Path) -> None:
 
 def load_latest(work_dir: Path) -> tuple[RunState, Delta] | None:
     """The last completed round's state and delta, or None before the first."""
+    from safetensors.numpy import load_file
+
     directory = _latest_dir(work_dir)
     if directory is None:
         return None

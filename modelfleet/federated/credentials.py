@@ -3,15 +3,15 @@
 A federation on a cluster encrypts every connection to its SuperLink and admits only its
 own clients: the SuperLink serves a certificate its job's CA signed, and each SuperNode
 signs its requests with an EC key whose public half the SuperLink registers before the run
-(Flower's CLI-managed SuperNode authentication). The material is minted once per job; the
-SuperLink's files go to the SuperLink alone, each client's key to that client alone.
+(Flower's CLI-managed SuperNode authentication). The material is minted once per job, as
+one set of files, so that it is stored in one step and is never half there; each pod is
+given only its own files from it (:func:`superlink_files`, :func:`node_files`).
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -23,17 +23,32 @@ CA_CERT = "ca.crt"
 SERVER_CERT = "tls.crt"
 SERVER_KEY = "tls.key"
 NODE_KEY = "auth.key"
-"""A client's private key, in OpenSSH format as ``flower-supernode`` reads it."""
+"""A SuperNode's private key as its pod sees it, in OpenSSH format as Flower reads it."""
 PUBLIC_KEY_SUFFIX = ".pub"
-"""A client's public key in the SuperLink's files is ``<client>.pub`` (OpenSSH format)."""
+PRIVATE_KEY_SUFFIX = ".key"
 
 
-@dataclass(frozen=True)
-class FederationCredentials:
-    """File name to content: the SuperLink's, and each client's."""
+def public_key_file(client: str) -> str:
+    """The name of ``client``'s public key among the material (OpenSSH format)."""
+    return f"{client}{PUBLIC_KEY_SUFFIX}"
 
-    superlink: dict[str, bytes]
-    clients: dict[str, dict[str, bytes]]
+
+def private_key_file(client: str) -> str:
+    """The name of ``client``'s private key among the material."""
+    return f"{client}{PRIVATE_KEY_SUFFIX}"
+
+
+def superlink_files(clients: Sequence[str]) -> dict[str, str]:
+    """What the SuperLink is given, by name in the material and name in its directory: the
+    CA, its certificate and key, and every client's public key; no client's private key."""
+    files = {name: name for name in (CA_CERT, SERVER_CERT, SERVER_KEY)}
+    files.update({public_key_file(c): public_key_file(c) for c in clients})
+    return files
+
+
+def node_files(client: str) -> dict[str, str]:
+    """What ``client``'s SuperNode is given: the CA to trust, and its own private key."""
+    return {CA_CERT: CA_CERT, private_key_file(client): NODE_KEY}
 
 
 def _node_keys() -> tuple[bytes, bytes]:
@@ -50,33 +65,32 @@ def _node_keys() -> tuple[bytes, bytes]:
     return private, public + b"\n"
 
 
-def mint_credentials(hosts: Sequence[str], clients: Sequence[str]) -> FederationCredentials:
+def mint_credentials(hosts: Sequence[str], clients: Sequence[str]) -> dict[str, bytes]:
     """A fresh CA, a SuperLink certificate for ``hosts`` and a key pair per client. The CA's
     key is discarded: nothing else is ever signed for this federation."""
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
         ca = tls.create_ca(directory, "modelfleet-federation-ca")
         server = tls.issue(ca, directory, "superlink", "superlink", hosts=list(hosts))
-        ca_cert = ca.cert.read_bytes()
-        superlink = {
-            CA_CERT: ca_cert,
+        material = {
+            CA_CERT: ca.cert.read_bytes(),
             SERVER_CERT: server.cert.read_bytes(),
             SERVER_KEY: server.key.read_bytes(),
         }
-    nodes: dict[str, dict[str, bytes]] = {}
     for client in clients:
-        private, public = _node_keys()
-        superlink[f"{client}{PUBLIC_KEY_SUFFIX}"] = public
-        nodes[client] = {CA_CERT: ca_cert, NODE_KEY: private}
-    return FederationCredentials(superlink, nodes)
+        material[private_key_file(client)], material[public_key_file(client)] = _node_keys()
+    return material
 
 
-def write_credentials(directory: Path, files: Mapping[str, bytes]) -> Path:
-    """``files`` under ``directory`` (created 0700), keys readable by the owner only."""
+def write_credentials(
+    directory: Path, material: Mapping[str, bytes], files: Mapping[str, str]
+) -> Path:
+    """The ``files`` of ``material`` under ``directory`` (created 0700), as the owner's alone,
+    the way a pod's Secret volume gives them."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for name, content in files.items():
+    for source, name in files.items():
         path = directory / name
-        path.write_bytes(content)
+        path.write_bytes(material[source])
         path.chmod(0o600)
     return directory
 

@@ -8,13 +8,10 @@ written) is found here, before any process starts, and named with the field to f
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 from modelfleet.api.fedjob import FedJobSpec, ModelFamily
-from modelfleet.artifacts.uri import parse_artifact_uri
+from modelfleet.artifacts.uri import ArtifactUri, parse_artifact_uri
 from modelfleet.federated.datasets import SPLIT_FILES
 from modelfleet.federated.job import (
     ClientSettings,
@@ -23,14 +20,14 @@ from modelfleet.federated.job import (
     Method,
     PrivacySettings,
 )
-from modelfleet.zoo.recipes import RECIPES, Architecture, create_model
+from modelfleet.zoo.recipes import RECIPES, Architecture, linear_layers
 
 ZOO_FAMILIES = {Architecture.LLAMA: ModelFamily.LLAMA, Architecture.QWEN2: ModelFamily.QWEN}
 """The ``spec.baseModel.family`` of each architecture the zoo builds."""
 
 
-class LocalJobInvalid(ValueError):
-    """The spec cannot run on the local backend; the message names the field."""
+class JobInvalid(ValueError):
+    """The spec cannot run on this backend; the message names the field."""
 
 
 def job_settings(spec: FedJobSpec) -> JobSettings:
@@ -69,7 +66,7 @@ def local_path(uri: str, field: str) -> Path:
     """The directory a ``file://`` URI names; other schemes are for the kuberay backend."""
     parsed = parse_artifact_uri(uri, field)
     if parsed.scheme != "file":
-        raise LocalJobInvalid(
+        raise JobInvalid(
             f"{field}: the local backend reads and writes file:// directories, got {uri!r}; "
             "use file:///path or run the operator with --backend=kuberay"
         )
@@ -84,7 +81,7 @@ def client_datasets(spec: FedJobSpec) -> dict[str, Path]:
         directory = local_path(client.dataset_uri, field)
         missing = [name for name in SPLIT_FILES.values() if not (directory / name).is_file()]
         if missing:
-            raise LocalJobInvalid(
+            raise JobInvalid(
                 f"{field}: {directory} lacks {missing}; a client dataset directory holds "
                 f"{' and '.join(SPLIT_FILES.values())} (python -m modelfleet.federated.datasets)"
             )
@@ -92,45 +89,36 @@ def client_datasets(spec: FedJobSpec) -> dict[str, Path]:
     return datasets
 
 
-@lru_cache(maxsize=32)
 def narrowest_widths(model: str, target_modules: tuple[str, ...]) -> dict[str, int]:
-    """The smallest side of each target module's linear layers in zoo model ``model``,
-    from a weightless (meta-device) copy; cached, as every reconcile asks again."""
-    with torch.device("meta"):
-        built = create_model(RECIPES[model])
-    narrowest: dict[str, int] = {}
-    for name, module in built.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in target_modules and isinstance(module, torch.nn.Linear):
-            width = min(module.in_features, module.out_features)
-            narrowest[leaf] = min(width, narrowest.get(leaf, width))
-    return narrowest
+    """The smallest side of each target module's linear layers in zoo model ``model``."""
+    layers = linear_layers(RECIPES[model])
+    return {name: min(layers[name]) for name in target_modules if name in layers}
 
 
 def check_base_model(spec: FedJobSpec) -> None:
     """The base model is a zoo model with every target module, each wider than any rank."""
     uri = parse_artifact_uri(spec.base_model.uri, "spec.baseModel.uri")
     if uri.scheme != "zoo" or uri.name not in RECIPES:
-        raise LocalJobInvalid(
-            f"spec.baseModel.uri: the local backend fine-tunes zoo models, got "
+        raise JobInvalid(
+            f"spec.baseModel.uri: the FedJob runtime fine-tunes zoo models, got "
             f"{spec.base_model.uri!r}; use one of {[f'zoo://{n}' for n in RECIPES]}"
         )
     family = ZOO_FAMILIES[RECIPES[uri.name].architecture]
     if spec.base_model.family not in (None, family):
-        raise LocalJobInvalid(
+        raise JobInvalid(
             f"spec.baseModel.family: zoo://{uri.name} is a {family} model, not "
             f"{spec.base_model.family}; set family: {family} or leave it unset"
         )
     narrowest = narrowest_widths(uri.name, tuple(spec.adapter.target_modules))
     absent = [m for m in spec.adapter.target_modules if m not in narrowest]
     if absent:
-        raise LocalJobInvalid(
+        raise JobInvalid(
             f"spec.adapter.targetModules: {uri.name} has no linear layers named {absent}"
         )
     smallest = min(narrowest.values())
     for index, client in enumerate(spec.clients):
         if spec.client_rank(client) > smallest:
-            raise LocalJobInvalid(
+            raise JobInvalid(
                 f"spec.clients[{index}].rank ({client.name}) is {spec.client_rank(client)}, "
                 f"larger than the narrowest adapted layer of {uri.name} ({smallest}); "
                 f"lower it to at most {smallest}"
@@ -143,9 +131,9 @@ def check_output(spec: FedJobSpec) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise LocalJobInvalid(f"spec.output.uri: cannot create {directory}: {error}") from None
+        raise JobInvalid(f"spec.output.uri: cannot create {directory}: {error}") from None
     if not os.access(directory, os.W_OK):
-        raise LocalJobInvalid(f"spec.output.uri: {directory} is not writable by the operator")
+        raise JobInvalid(f"spec.output.uri: {directory} is not writable by the operator")
     return directory
 
 
@@ -154,3 +142,27 @@ def check_local_job(spec: FedJobSpec) -> tuple[Path, dict[str, Path]]:
     check_base_model(spec)
     datasets = client_datasets(spec)
     return check_output(spec), datasets
+
+
+def claim_uri(uri: str, field: str) -> ArtifactUri:
+    """A ``pvc://`` URI: on a cluster, pods reach data through PersistentVolumeClaims."""
+    parsed = parse_artifact_uri(uri, field)
+    if parsed.scheme != "pvc":
+        raise JobInvalid(
+            f"{field}: on a cluster the FedJob's pods mount PersistentVolumeClaims, got "
+            f"{uri!r}; use pvc://<claim>/<path> (or run the operator with --backend=local "
+            "for file:// directories)"
+        )
+    return parsed
+
+
+def check_cluster_job(spec: FedJobSpec) -> tuple[ArtifactUri, dict[str, ArtifactUri]]:
+    """The output's claim and each client's dataset claim, once every check has passed."""
+    check_base_model(spec)
+    datasets = {
+        client.name: claim_uri(
+            client.dataset_uri, f"spec.clients[{index}].datasetUri ({client.name})"
+        )
+        for index, client in enumerate(spec.clients)
+    }
+    return claim_uri(spec.output.uri, "spec.output.uri"), datasets

@@ -17,7 +17,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import PreTrainedTokenizerBase
 
 from modelfleet.zoo.evaluation import reply
-from modelfleet.zoo.recipes import CausalLM
+from modelfleet.zoo.models import CausalLM
 from modelfleet.zoo.skills import Example
 from modelfleet.zoo.training import encode_batch
 

@@ -25,6 +25,8 @@ from modelfleet.federated.credentials import (
     CA_CERT,
     NODE_KEY,
     mint_credentials,
+    node_files,
+    superlink_files,
     write_credentials,
 )
 from modelfleet.federated.datasets import write_site_dataset
@@ -51,7 +53,7 @@ from modelfleet.federated.processes import (
     find_marked_processes,
     pick_free_ports,
 )
-from modelfleet.zoo import load_model
+from modelfleet.zoo.cache import load_model
 
 BASE_MODEL = "qwen-tiny"
 SKILLS = ("reversal", "sorting", "maximum")
@@ -223,13 +225,14 @@ def test_over_tls_only_registered_supernodes_join(
     job = replace(three_clients(rounds=1, min_clients=2), clients=three_clients(1).clients[:2])
     run_dir = prepare_run(tmp_path, replace(three_clients(1), rounds=1))
     (run_dir / JOB_FILE).write_text(job.to_json())
-    credentials = mint_credentials(["127.0.0.1", "localhost"], ["site-0", "site-1", "intruder"])
-    intruder_key = credentials.superlink.pop("intruder.pub")
-    assert intruder_key.startswith(b"ecdsa-sha2-nistp384 ")
-    superlink_dir = write_credentials(tmp_path / "superlink", credentials.superlink)
+    material = mint_credentials(["127.0.0.1", "localhost"], ["site-0", "site-1", "intruder"])
+    superlink_dir = write_credentials(
+        tmp_path / "superlink", material, superlink_files(["site-0", "site-1"])
+    )
+    assert not (superlink_dir / "intruder.pub").exists()
     node_keys = {
-        name: write_credentials(tmp_path / name, files) / NODE_KEY
-        for name, files in credentials.clients.items()
+        name: write_credentials(tmp_path / name, material, node_files(name)) / NODE_KEY
+        for name in ("site-0", "site-1", "intruder")
     }
     security = Security(superlink_dir, node_keys)
     bin_dir = find_federated_venv()

@@ -187,7 +187,15 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(default: list[Obj]) 
     for plural in ("rayjobs", "rayservices"):
         expected[("ray.io", plural)] = ["create", "get", "list", "update", "watch"]
     expected[("networking.k8s.io", "networkpolicies")] = ["create", "get", "update"]
-    expected[("", "secrets")] = ["get"]
+    expected[("", "secrets")] = ["create", "get"]
+    # A FedJob's Flower federation: created once, scaled to zero at the end.
+    expected[("apps", "deployments")] = ["create", "get"]
+    expected[("apps", "deployments/scale")] = ["patch"]
+    expected[("", "configmaps")] = ["create", "get", "patch"]
+    expected[("", "services")] = ["create"]
+    expected[("", "serviceaccounts")] = ["create"]
+    expected[("rbac.authorization.k8s.io", "roles")] = ["create"]
+    expected[("rbac.authorization.k8s.io", "rolebindings")] = ["create"]
     expected[("", "nodes")] = ["list"]
     expected[("", "events")] = ["create", "patch"]
     expected[("events.k8s.io", "events")] = ["create", "patch"]

@@ -16,7 +16,7 @@ from modelfleet.backends.local_fedjobs import LocalFedJobs, claim_output, marker
 from modelfleet.core.workload import ApplyResult, Workload, WorkloadState
 from modelfleet.federated.datasets import write_site_dataset
 from modelfleet.federated.job import CompressionSettings, Method, PrivacySettings, read_job
-from modelfleet.federated.launch import LocalJobInvalid, check_local_job, job_settings
+from modelfleet.federated.launch import JobInvalid, check_local_job, job_settings
 from modelfleet.federated.local_federation import read_sites
 from modelfleet.federated.plan import plan_fedjob
 from modelfleet.federated.processes import find_marked_processes
@@ -70,7 +70,7 @@ def test_settings_carry_ranks_weights_and_only_the_features_asked_for(tmp_path: 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"baseModel": {"uri": "s3://models/base"}}, "spec.baseModel.uri: the local backend"),
+        ({"baseModel": {"uri": "s3://models/base"}}, "spec.baseModel.uri: the FedJob runtime"),
         ({"baseModel": {"uri": "zoo://no-such"}}, "zoo://qwen-tiny"),
         (
             {"adapter": {"rank": 16, "targetModules": ["q_proj", "w_proj"]}},
@@ -91,7 +91,7 @@ def test_settings_carry_ranks_weights_and_only_the_features_asked_for(tmp_path: 
 def test_a_job_this_machine_cannot_run_is_refused_naming_the_field(
     tmp_path: Path, fields: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(LocalJobInvalid) as refused:
+    with pytest.raises(JobInvalid) as refused:
         check_local_job(spec(tmp_path, **fields))
     assert message in str(refused.value)
     assert not (tmp_path / "out").exists() or fields.get("output") is None
@@ -100,14 +100,14 @@ def test_a_job_this_machine_cannot_run_is_refused_naming_the_field(
 def test_a_missing_dataset_names_the_client_and_nothing_is_created(tmp_path: Path) -> None:
     job = spec(tmp_path)
     (tmp_path / "b" / "heldout.jsonl").unlink()
-    with pytest.raises(LocalJobInvalid, match=r"spec.clients\[1\].datasetUri \(b\): .*lacks"):
+    with pytest.raises(JobInvalid, match=r"spec.clients\[1\].datasetUri \(b\): .*lacks"):
         check_local_job(job)
     assert not (tmp_path / "out").exists()
 
 
 def test_an_unwritable_output_is_named(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(LocalJobInvalid, match=r"spec\.output\.uri: cannot create"):
+    with pytest.raises(JobInvalid, match=r"spec\.output\.uri: cannot create"):
         check_local_job(spec(tmp_path, output={"uri": f"file://{tmp_path / 'file' / 'out'}"}))
 
 
@@ -116,7 +116,7 @@ def test_an_output_holding_another_fedjobs_run_is_not_taken_over(tmp_path: Path)
     claim_output(first, tmp_path)
     claim_output(first, tmp_path)
     second = Owner("modelfleet.io/v1alpha1", "FedJob", "second", "ns", "uid-2")
-    with pytest.raises(LocalJobInvalid, match="holds the run of FedJob ns/first"):
+    with pytest.raises(JobInvalid, match="holds the run of FedJob ns/first"):
         claim_output(second, tmp_path)
 
 

@@ -1,0 +1,209 @@
+"""FedJobs on a cluster: the Flower federation rendered by
+:mod:`~modelfleet.backends.flower_render`, applied, and observed through the status its
+SuperLink pod publishes.
+
+Every child is created once and then left as it is: a run keeps the spec it started with,
+as its checkpoints were written under that spec. Only the Deployments' replicas change,
+to zero once the run has ended, so a finished job holds no pods. The TLS and
+authentication material is minted once per job and stored in one Secret, whole or not at
+all; each pod mounts only its own files from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel
+
+from modelfleet.api.fedjob import FedJobSpec
+from modelfleet.backends.base import Owner
+from modelfleet.backends.flower_render import (
+    SPEC_FILE,
+    FederationNames,
+    render_federation,
+    render_secret,
+)
+from modelfleet.backends.pod_templates import GpuProducts, owned
+from modelfleet.core.workload import ApplyResult, Observation, Workload, WorkloadState
+from modelfleet.federated.checkpoint import RunResult
+from modelfleet.federated.credentials import mint_credentials
+from modelfleet.federated.launch import JobInvalid, check_cluster_job, job_settings
+from modelfleet.federated.progress import observe_result, observe_rounds
+from modelfleet.federated.superlink_pod import STATUS_KEY
+
+log = logging.getLogger(__name__)
+INVALID = "InvalidForCluster"
+NAME_CONFLICT = "NameConflict"
+
+
+class ClusterFedJobs:
+    """Creates, scales and observes the children of FedJobs through the Kubernetes API."""
+
+    def __init__(self, api: client.ApiClient, image: str, products: Callable[[], GpuProducts]):
+        self._core = client.CoreV1Api(api)
+        self._apps = client.AppsV1Api(api)
+        self._rbac = client.RbacAuthorizationV1Api(api)
+        self._networking = client.NetworkingV1Api(api)
+        self._image = image
+        self._products = products
+
+    def _render(self, owner: Owner, workload: Workload, replicas: int) -> list[dict[str, Any]]:
+        spec = FedJobSpec.model_validate(workload.config)
+        paths = check_cluster_job(spec)
+        return render_federation(
+            owner, workload, job_settings(spec), paths, self._image, self._products(), replicas
+        )
+
+    def _create(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create ``body`` unless an object of its name exists; whether it was created."""
+        makers: dict[str, tuple[Callable[..., Any], type[BaseModel]]] = {
+            "ServiceAccount": (
+                self._core.create_namespaced_service_account,
+                client.V1ServiceAccount,
+            ),
+            "ConfigMap": (self._core.create_namespaced_config_map, client.V1ConfigMap),
+            "Secret": (self._core.create_namespaced_secret, client.V1Secret),
+            "Service": (self._core.create_namespaced_service, client.V1Service),
+            "Deployment": (self._apps.create_namespaced_deployment, client.V1Deployment),
+            "Role": (self._rbac.create_namespaced_role, client.V1Role),
+            "RoleBinding": (self._rbac.create_namespaced_role_binding, client.V1RoleBinding),
+            "NetworkPolicy": (
+                self._networking.create_namespaced_network_policy,
+                client.V1NetworkPolicy,
+            ),
+        }
+        create, model = makers[body["kind"]]
+        try:
+            create(namespace, model.model_validate(body))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            return False
+        return True
+
+    def _read(self, read: Callable[..., Any], name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            response = read(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        document: dict[str, Any] = json.loads(response.data)
+        return document
+
+    def _ensure_credentials(self, owner: Owner, names: FederationNames, spec: FedJobSpec) -> None:
+        """Mint the federation's material unless its Secret exists. One create stores all
+        of it, so a crash leaves either none or the whole set; a set is never replaced, as
+        the running pods trust it."""
+        if self._read(self._core.read_namespaced_secret, names.credentials, owner.namespace):
+            return
+        material = mint_credentials(
+            names.superlink_hosts(owner.namespace), [c.name for c in spec.clients]
+        )
+        self._create(owner.namespace, render_secret(owner, names.credentials, material))
+
+    def _read_config_map(self, owner: Owner, name: str) -> dict[str, Any] | None:
+        return self._read(self._core.read_namespaced_config_map, name, owner.namespace)
+
+    def _started(self, owner: Owner, workload: Workload) -> Workload:
+        """``workload`` with the spec its federation was created with, once it was: the
+        children are rendered from that one, never from a spec edited mid-run."""
+        stored = self._read_config_map(owner, FederationNames(workload.name).job)
+        if stored is None or not owned(stored, owner.uid):
+            return workload
+        return replace(workload, config=json.loads(stored["data"][SPEC_FILE]))
+
+    def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
+        """Create what is missing; scale the pods to zero once the run has ended."""
+        workload = self._started(owner, workload)
+        spec = FedJobSpec.model_validate(workload.config)
+        try:
+            check_cluster_job(spec)
+        except JobInvalid:
+            return ApplyResult.SKIPPED
+        names = FederationNames(workload.name)
+        status = self._read_config_map(owner, names.status)
+        if status is not None and not owned(status, owner.uid):
+            return ApplyResult.SKIPPED
+        ended = status is not None and _published(status)[1] is not None
+        self._ensure_credentials(owner, names, spec)
+        created = False
+        for child in self._render(owner, workload, 0 if ended else 1):
+            created = self._create(owner.namespace, child) or created
+        if ended and self._scale_to_zero(owner, names, spec):
+            return ApplyResult.UPDATED
+        return ApplyResult.CREATED if created else ApplyResult.UNCHANGED
+
+    def _scale_to_zero(self, owner: Owner, names: FederationNames, spec: FedJobSpec) -> bool:
+        """Scale the federation's Deployments that still run pods to zero; whether any did."""
+        scaled = False
+        for name in [names.superlink, *(names.supernode(c.name) for c in spec.clients)]:
+            current = self._read(self._apps.read_namespaced_deployment, name, owner.namespace)
+            if current is not None and owned(current, owner.uid) and current["spec"]["replicas"]:
+                self._apps.patch_namespaced_deployment_scale(
+                    name, owner.namespace, {"spec": {"replicas": 0}}
+                )
+                scaled = True
+        return scaled
+
+    def observe(self, owner: Owner, workload: Workload) -> Observation:
+        """The run's state from its published status and its SuperLink Deployment."""
+        started = self._started(owner, workload)
+        try:
+            check_cluster_job(FedJobSpec.model_validate(started.config))
+        except JobInvalid as error:
+            return Observation(WorkloadState.FAILED, INVALID, str(error))
+        names = FederationNames(workload.name)
+        status = self._read_config_map(owner, names.status)
+        if status is None:
+            return Observation(WorkloadState.MISSING, "Creating", "federation not created yet")
+        if not owned(status, owner.uid):
+            return Observation(
+                WorkloadState.UNAVAILABLE,
+                NAME_CONFLICT,
+                f"a ConfigMap named {names.status} exists in namespace {owner.namespace} that "
+                f"this FedJob does not own; delete or rename it, and the operator creates its own",
+            )
+        observed = self._observe_run(owner, names, status, started.config["rounds"])
+        if started.config != workload.config:
+            note = (
+                "; the spec changed after the federation was created: a FedJob keeps the spec "
+                "it started with (delete it, or create a new one, to run the new spec)"
+            )
+            observed = replace(observed, message=observed.message + note)
+        return observed
+
+    def _observe_run(
+        self, owner: Owner, names: FederationNames, status: dict[str, Any], rounds: int
+    ) -> Observation:
+        progress, result = _published(status)
+        if result is not None:
+            return observe_result(progress, result)
+        link = self._read(self._apps.read_namespaced_deployment, names.superlink, owner.namespace)
+        if link is not None and (link.get("status") or {}).get("availableReplicas"):
+            return observe_rounds(progress, rounds)
+        return Observation(
+            WorkloadState.PENDING,
+            "SuperLinkStarting",
+            f"waiting for the SuperLink pod of Deployment {names.superlink} to be ready",
+            job_report=progress,
+        )
+
+
+def _published(status: dict[str, Any]) -> tuple[dict[str, Any], RunResult | None]:
+    """The report and result the SuperLink pod published; before the first, round 0."""
+    try:
+        document = json.loads((status.get("data") or {}).get(STATUS_KEY) or "null")
+    except json.JSONDecodeError:
+        log.warning("status ConfigMap %s holds no JSON", status["metadata"]["name"])
+        document = None
+    if not isinstance(document, dict):
+        return {"round": 0}, None
+    result = document.get("result")
+    return document.get("report") or {"round": 0}, RunResult(**result) if result else None
