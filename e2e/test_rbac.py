@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
+from e2e.conftest import ROOT, Kube, Operator, create_nodes, namespace, wait_for
 from modelfleet.devcluster import LocalCluster
 from modelfleet.devcluster.cluster import free_port
 from modelfleet.devcluster.tools import find_tool
@@ -132,6 +132,11 @@ def test_operator_needs_nothing_beyond_the_chart_role(
         env={"KUBECONFIG": str(kubeconfig)},
     )
     kube("apply", "-n", WORKLOADS, "-f", str(ROOT / "examples"))
+    # A FedJob on the cluster: its Flower federation's Secret, Role, Deployments and the rest.
+    create_nodes(kube)
+    federation = (ROOT / "examples" / "cluster" / "fedjob.yaml").read_text()
+    federation = federation.replace("name: clinical-notes", "name: federation")
+    kube("apply", "-n", WORKLOADS, "-f", "-", stdin=federation)
     reasons = {
         resource: wait_for(
             lambda r=resource: kube.condition(r, WORKLOADS).get("reason"),
@@ -161,6 +166,9 @@ def test_operator_needs_nothing_beyond_the_chart_role(
     )
     peering = kube.get("clusterkopfpeering", "modelfleet-rbac")
     assert peering.get("status"), "the operator never joined its peering"
+    kube.wait_reason("fedjob/federation", WORKLOADS, "SuperLinkStarting", 90)
+    deployments = kube("get", "deployments", "-n", WORKLOADS, "-o", "name").split()
+    assert len(deployments) == 4, "the SuperLink and three SuperNodes"
 
     # The registered webhook's path, served with the chart's certificate, validates.
     config = kube.get("validatingwebhookconfiguration", release)

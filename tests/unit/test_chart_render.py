@@ -606,10 +606,13 @@ def test_monitoring_objects() -> None:
 
 def test_images_come_from_values() -> None:
     digest = "sha256:" + "a" * 64
-    objects = render(f"image.digest={digest}", "runtimeImage.tag=0.2.0-gpu")
+    objects = render(
+        f"image.digest={digest}", "runtimeImage.tag=0.2.0-gpu", "federatedImage.tag=0.2.1"
+    )
     (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"ghcr.io/modelfleet/operator@{digest}"
     assert "--runtime-image=ghcr.io/modelfleet/runtime:0.2.0-gpu" in container["args"]
+    assert "--federated-image=ghcr.io/modelfleet/federated:0.2.1" in container["args"]
 
 
 def _value_paths(values: Obj, prefix: str = "") -> Iterator[tuple[str, bool]]:
@@ -680,7 +683,7 @@ def test_checkov_passes_on_the_chart_and_dockerfiles(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rendered.write_text(result.stdout)
     dockerfiles = sorted((ROOT / "images").glob("*/Dockerfile"))
-    assert [d.parent.name for d in dockerfiles] == ["operator", "runtime"]
+    assert [d.parent.name for d in dockerfiles] == ["federated", "operator", "runtime"]
     scan = subprocess.run(
         [
             checkov_binary(),

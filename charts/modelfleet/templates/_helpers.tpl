@@ -52,6 +52,10 @@ app.kubernetes.io/part-of: modelfleet
 {{- include "modelfleet.image" (merge (dict "appVersion" .Chart.AppVersion) .Values.runtimeImage) }}
 {{- end }}
 
+{{- define "modelfleet.federatedImage" -}}
+{{- include "modelfleet.image" (merge (dict "appVersion" .Chart.AppVersion) .Values.federatedImage) }}
+{{- end }}
+
 {{- define "modelfleet.webhookServiceName" -}}
 {{- printf "%s-webhook" (include "modelfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
