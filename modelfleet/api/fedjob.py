@@ -104,6 +104,13 @@ class Aggregation(ApiModel):
     client_fraction: float = Field(
         default=1.0, gt=0, le=1, description="Share of clients sampled per round. Default: 1."
     )
+    round_timeout_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=86400,
+        description="A sampled client that has not replied this long after a round's start "
+        "is dropped from the round. Default: 300.",
+    )
 
 
 class DifferentialPrivacy(ApiModel):
@@ -126,8 +133,9 @@ class Privacy(ApiModel):
     differential_privacy: DifferentialPrivacy = Field(default_factory=DifferentialPrivacy)
     secure_aggregation: bool = Field(
         default=False,
-        description="Mask updates so the server sees only their sum. Not supported yet: "
-        "true is refused at admission.",
+        description="Mask updates so the server sees only their weighted sum: clients share "
+        "one frozen random A of the largest rank and train B only. Needs method FLoRA, "
+        "minClients of at least 2, and no differentialPrivacy or compression. Default: false.",
     )
 
 
@@ -187,10 +195,7 @@ class FedJobSpec(ApiModel):
         if duplicates:
             raise ValueError(f"spec.clients: names must be unique; repeated: {duplicates}")
         if self.privacy.secure_aggregation:
-            raise ValueError(
-                "spec.privacy.secureAggregation: not supported by the FedJob runtime yet; "
-                "remove it (set false) to run without secure aggregation"
-            )
+            self._check_secure_aggregation()
         if self.aggregation.method is AggregationMethod.FEDAVG:
             if self.compression.enabled or self.privacy.differential_privacy.enabled:
                 raise ValueError(
@@ -214,6 +219,27 @@ class FedJobSpec(ApiModel):
                 f"minClients or raise clientFraction"
             )
         return self
+
+    def _check_secure_aggregation(self) -> None:
+        """Masked sums need the shared-A FLoRA variant and at least two updates; clipping
+        and top-k act on each client's own update, which the server no longer sees."""
+        conflicts = [
+            (self.aggregation.method is AggregationMethod.FEDAVG, "aggregation.method: FedAvg"),
+            (self.privacy.differential_privacy.enabled, "privacy.differentialPrivacy.enabled"),
+            (self.compression.enabled, "compression"),
+        ]
+        named = [field for conflicting, field in conflicts if conflicting]
+        if named:
+            raise ValueError(
+                f"spec.privacy.secureAggregation: not supported with spec.{', spec.'.join(named)}"
+                "; secure aggregation runs with method FLoRA, without differential privacy "
+                "or compression (turn those off, or set secureAggregation false)"
+            )
+        if self.aggregation.min_clients < 2:
+            raise ValueError(
+                "spec.privacy.secureAggregation: a masked sum of one update is that client's "
+                "update; set spec.aggregation.minClients to at least 2"
+            )
 
     def client_rank(self, client: FedClient) -> int:
         """The LoRA rank a client trains with (its own, else the job default)."""

@@ -9,7 +9,7 @@ dense delta and the factors use.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,17 @@ from modelfleet.federated.lora import (
     train_adapter,
     write_adapter,
 )
+from modelfleet.federated.secure import (
+    SecureRound,
+    SharedProjection,
+    Words,
+    agreed_seeds,
+    client_upload,
+)
 from modelfleet.zoo.cache import load_model
 from modelfleet.zoo.evaluation import reply
-from modelfleet.zoo.models import CausalLM
+from modelfleet.zoo.models import CausalLM, create_model
+from modelfleet.zoo.recipes import RECIPES
 from modelfleet.zoo.skills import Example
 
 PEFT_PREFIX = "base_model.model."
@@ -82,16 +90,79 @@ def round_batches(
     return [picked[i : i + size] for i in range(0, len(picked), size)]
 
 
+def adapted_shapes(base_model: str, target_modules: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """The (d_out, d_in) of every weight LoRA adapts in zoo model ``base_model``, by layer
+    name, read off a weightless (meta-device) copy."""
+    with torch.device("meta"):
+        model = create_model(RECIPES[base_model])
+    return {
+        name: (module.out_features, module.in_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in target_modules
+    }
+
+
+def shared_projection(job: JobSettings) -> SharedProjection:
+    """The frozen A every client of a secure job trains against, at the job's largest rank;
+    its seed is public, derived from the job's."""
+    return SharedProjection(
+        seed=zlib.crc32(f"{job.seed}/shared-a".encode()),
+        max_rank=max(client.rank for client in job.clients),
+        shapes=adapted_shapes(job.base_model, job.target_modules),
+    )
+
+
+def masked_round(job: JobSettings, participants: Iterable[str]) -> SecureRound:
+    """What a secure round's participants and server agree on: the shared projection, every
+    participant's data weight, the job's alpha."""
+    weights = {name: job.client(name).weight for name in participants}
+    return SecureRound(shared_projection(job), weights, job.alpha)
+
+
+def mask_update(
+    job: JobSettings,
+    client: str,
+    factors: Mapping[str, LoraFactors],
+    keys: Mapping[str, bytes],
+    private_key: bytes,
+    nonce: str,
+) -> Words:
+    """``client``'s trained B's, weighted, padded and masked with the seeds it agrees with
+    every other participant (``keys``: each participant's public key, its own included)."""
+    peers = {name: key for name, key in keys.items() if name != client}
+    seeds = agreed_seeds(private_key, peers, nonce)
+    b = {layer: pair.b for layer, pair in factors.items()}
+    return client_upload(masked_round(job, keys), client, b, seeds)
+
+
+def freeze_shared_a(model: PeftModel, projection: SharedProjection, rank: int) -> None:
+    """Give ``model``'s adapter the shared ``A[:rank]``, frozen, and B zero: only B trains,
+    so every client's update lies in the one coordinate system the masked sum needs."""
+    state = read_adapter(model)
+    for layer, start in projection.start(rank).items():
+        for suffix, value in ((A_SUFFIX, start.a), (B_SUFFIX, start.b)):
+            key = f"{PEFT_PREFIX}{layer}{suffix}"
+            state[key] = torch.as_tensor(value, dtype=state[key].dtype)
+    write_adapter(model, state)
+    for name, parameter in model.named_parameters():
+        if ".lora_A." in name:
+            parameter.requires_grad_(False)
+
+
 def train_round(
     job: JobSettings,
     client: ClientSettings,
     delta: Mapping[str, np.ndarray],
     examples: Sequence[Example],
     round_number: int,
+    shared: SharedProjection | None = None,
 ) -> tuple[dict[str, LoraFactors], float]:
-    """Train the client's LoRA on the global model; its factors per layer and mean loss."""
+    """Train the client's LoRA on the global model; its factors per layer and mean loss.
+    With a ``shared`` projection (secure aggregation) A is that one, frozen."""
     model, tokenizer = load_with_delta(job.base_model, delta)
     peft_model = attach_lora(model, lora_settings(job, client, round_number))
+    if shared is not None:
+        freeze_shared_a(peft_model, shared, client.rank)
     loss = train_adapter(
         peft_model, tokenizer, round_batches(job, examples, round_number), job.learning_rate
     )

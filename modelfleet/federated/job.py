@@ -74,6 +74,8 @@ class JobSettings:
     learning_rate: float = 0.003
     round_timeout_seconds: float = 300.0
     """A client that has not replied by then is dropped from the round."""
+    secure: bool = False
+    """Clients share a frozen A and upload masked B's, so the server sees only their sum."""
     eval_examples: int = 40
     seed: int = 0
 

@@ -48,6 +48,8 @@ def job_settings(spec: FedJobSpec) -> JobSettings:
         method=Method(spec.aggregation.method.value),
         min_clients=spec.aggregation.min_clients,
         client_fraction=spec.aggregation.client_fraction,
+        round_timeout_seconds=float(spec.aggregation.round_timeout_seconds),
+        secure=spec.privacy.secure_aggregation,
         privacy=PrivacySettings(
             clip_norm=dp.clip_norm,
             noise_multiplier=dp.noise_multiplier,

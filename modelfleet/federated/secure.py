@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from modelfleet.federated.aggregation import (
     LoraFactors,
@@ -173,28 +174,36 @@ def delta_error_bound(round_: SecureRound, layer: str) -> float:
     return quantisation_bound(round_) * float(np.abs(a).sum(axis=0).max())
 
 
-def pair_seeds(
-    job_secret: bytes, round_number: int, client: str, participants: Sequence[str]
-) -> dict[str, int]:
-    """The seed ``client`` shares with each other participant this round, derived from a
-    job secret.
+def new_exchange_key() -> tuple[bytes, bytes]:
+    """A fresh X25519 key pair for one masked round, (private, public) as raw bytes: the
+    client keeps the private half, the server relays the public half to the other
+    participants."""
+    key = X25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return private, public
 
-    In deployment each pair's seed comes from a Diffie-Hellman key agreement between the
-    two clients, fresh every round (as Flower's SecAgg+ does), so the server never holds
-    it; deriving them from one secret is for tests and local runs where every party is
-    trusted with it.
-    """
-    if client not in participants:
-        raise ValueError(f"client {client!r} is not among participants {sorted(participants)}")
-    seeds = {}
-    for peer in participants:
-        if peer == client:
-            continue
-        first, second = sorted((client, peer))
-        material = struct.pack("<Q", round_number) + f"{first}\0{second}".encode()
-        digest = hashlib.sha256(job_secret + material).digest()
-        seeds[peer] = int.from_bytes(digest)
-    return seeds
+
+def agreed_seeds(private_key: bytes, peers: Mapping[str, bytes], nonce: str) -> dict[str, int]:
+    """The seed this client shares with each peer: a Diffie-Hellman agreement (X25519) of
+    its private key with the peer's public one, hashed with the round's ``nonce``. Both
+    ends of a pair derive the same seed; the server, which only relays public keys, cannot.
+    The keys are fresh every round, so no mask is ever used twice."""
+    own = X25519PrivateKey.from_private_bytes(private_key)
+    return {
+        peer: int.from_bytes(
+            hashlib.sha256(
+                own.exchange(X25519PublicKey.from_public_bytes(public)) + nonce.encode()
+            ).digest()
+        )
+        for peer, public in peers.items()
+    }
 
 
 def client_upload(

@@ -5,22 +5,27 @@ resumes from its checkpoints, and a client whose data is broken is dropped from 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import ssl
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from peft import PeftModel
 
 from modelfleet.federated.checkpoint import (
     ADAPTER_DIR,
+    load_latest,
     read_latest_state,
     read_result,
 )
+from modelfleet.federated.client_training import shared_projection
 from modelfleet.federated.credentials import (
     CA_CERT,
     NODE_KEY,
@@ -38,6 +43,7 @@ from modelfleet.federated.job import (
     PrivacySettings,
 )
 from modelfleet.federated.local_federation import (
+    CONNECTION,
     LocalFederation,
     Security,
     find_federated_venv,
@@ -53,6 +59,7 @@ from modelfleet.federated.processes import (
     find_marked_processes,
     pick_free_ports,
 )
+from modelfleet.federated.secure import upload_bytes
 from modelfleet.zoo.cache import load_model
 
 BASE_MODEL = "qwen-tiny"
@@ -264,4 +271,76 @@ def test_over_tls_only_registered_supernodes_join(
     assert result is not None and (result.phase, result.reason) == ("Succeeded", "RoundsCompleted")
     state = read_latest_state(run_dir)
     assert state is not None and state.reports[0].clients == ("site-0", "site-1")
+    assert find_marked_processes(MARKER) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2 * TIMEOUT)
+def test_a_secure_round_reveals_only_the_sum_and_masks_again_without_a_failed_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Secure aggregation in the runtime: clients exchange X25519 keys through the server,
+    train B against the shared frozen A and upload it masked. site-2 fails after the keys
+    were exchanged, so its masks cannot cancel: the round is masked again without it. The
+    global update is exactly in the shared A's row space (B_sum @ A), and every upload is
+    one uint32 per entry of the padded B's."""
+    monkeypatch.setenv(MARKER_VARIABLE, MARKER)
+    job = replace(three_clients(rounds=1, min_clients=2), secure=True)
+    run_dir = prepare_run(tmp_path, job)
+    (tmp_path / "site-2" / "train.jsonl").write_text('{"prompt": "no answer"}\n')
+
+    result = run_federation(run_dir, timeout=TIMEOUT)
+
+    assert (result.phase, result.reason) == ("Succeeded", "RoundsCompleted"), result.message
+    loaded = load_latest(run_dir)
+    assert loaded is not None
+    state, delta = loaded
+    [report] = state.reports
+    assert report.clients == ("site-0", "site-1") and report.dropped == ("site-2",)
+    projection = shared_projection(job)
+    assert report.bytes_sent == 2 * upload_bytes(projection)
+    for layer, value in delta.items():
+        a = projection.a(layer)
+        in_row_space = value @ np.linalg.pinv(a) @ a
+        assert np.max(np.abs(in_row_space - value)) <= 1e-9 * max(1.0, np.max(np.abs(value)))
+        assert np.max(np.abs(value)) > 0
+    assert find_marked_processes(MARKER) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2 * TIMEOUT)
+def test_a_stalled_client_is_dropped_at_the_round_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """site-2's SuperNode is frozen (SIGSTOP) once the federation is up: it stays connected
+    but never replies, and the round closes without it when ``roundTimeoutSeconds`` pass."""
+    monkeypatch.setenv(MARKER_VARIABLE, MARKER)
+    job = replace(three_clients(rounds=1, min_clients=2), round_timeout_seconds=30.0)
+    run_dir = prepare_run(tmp_path, job)
+    federation = LocalFederation(find_federated_venv(), run_dir, MARKER)
+    try:
+        federation.start(job, read_sites(run_dir))
+        stalled = next(p for p in federation.started if 'client="site-2"' in str(p.args))
+
+        def online() -> int:
+            listing = json.loads(federation.flwr("supernode", "ls", CONNECTION, "--format=json"))
+            return sum(node["status"] == "online" for node in listing.get("nodes", []))
+
+        deadline = time.monotonic() + 60
+        while online() < 3:
+            assert time.monotonic() < deadline, "the SuperNodes did not all connect"
+            time.sleep(1)
+        os.kill(stalled.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        federation.run_app(TIMEOUT)
+        elapsed = time.monotonic() - started
+        os.kill(stalled.pid, signal.SIGCONT)
+    finally:
+        federation.stop()
+
+    state = read_latest_state(run_dir)
+    assert state is not None
+    [report] = state.reports
+    assert report.clients == ("site-0", "site-1") and report.dropped == ("site-2",)
+    assert elapsed >= job.round_timeout_seconds, "the round waited for the deadline"
     assert find_marked_processes(MARKER) == []

@@ -16,6 +16,7 @@ from modelfleet.api.fusionjob import FusionJobSpec
 from modelfleet.api.modelpool import Autoscaling, ModelPoolSpec, ModelPoolStatus
 from modelfleet.api.registry import KINDS, kind_by_name
 from modelfleet.api.routingpolicy import RoutingPolicySpec
+from modelfleet.federated.launch import job_settings
 from tests.unit.ray_pods import EVERY_OVERRIDE
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -93,6 +94,29 @@ def test_fedavg_cannot_mix_ranks_and_says_what_to_do() -> None:
     message = _message(FedJobSpec, _fedjob(aggregation={"method": "FedAvg"}))
     assert message.startswith("spec.aggregation.method: FedAvg")
     assert "['a']" in message and "use method: FLoRA" in message
+
+
+def test_secure_aggregation_runs_with_flora_and_names_what_it_cannot_run_with() -> None:
+    secure = {"secureAggregation": True}
+    spec = FedJobSpec.model_validate(
+        _fedjob(
+            baseModel={"uri": "zoo://qwen-tiny"},
+            privacy=secure,
+            aggregation={"minClients": 2, "roundTimeoutSeconds": 60},
+        )
+    )
+    assert job_settings(spec).secure and job_settings(spec).round_timeout_seconds == 60
+    with_dp = {**secure, "differentialPrivacy": {"enabled": True}}
+    message = _message(
+        FedJobSpec,
+        _fedjob(privacy=with_dp, compression={"sparsity": 0.5}, aggregation={"minClients": 2}),
+    )
+    assert message.startswith(
+        "spec.privacy.secureAggregation: not supported with "
+        "spec.privacy.differentialPrivacy.enabled, spec.compression;"
+    )
+    alone = _message(FedJobSpec, _fedjob(privacy=secure))
+    assert "set spec.aggregation.minClients to at least 2" in alone
 
 
 def test_flora_mixes_ranks() -> None:

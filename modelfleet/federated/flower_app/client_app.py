@@ -3,18 +3,29 @@
 A SuperNode's node config names the client and its dataset directory; the dataset's path
 is never sent anywhere, and the job the server sends carries no client's dataset. With
 compression the client keeps its error-feedback residual in the node's Flower context, so it
-survives between rounds of the run.
+survives between rounds of the run. With secure aggregation it first sends a fresh public
+key (a query message), trains B against the shared frozen A, and uploads B masked so the
+server learns only the participants' sum.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from modelfleet.federated.client_training import evaluate_delta, float32_bytes, train_round
+from modelfleet.federated.aggregation import LoraFactors
+from modelfleet.federated.client_training import (
+    evaluate_delta,
+    float32_bytes,
+    mask_update,
+    shared_projection,
+    train_round,
+)
 from modelfleet.federated.compression import ErrorFeedback
 from modelfleet.federated.datasets import read_split
 from modelfleet.federated.flower_app.strategy import (
@@ -25,16 +36,24 @@ from modelfleet.federated.flower_app.strategy import (
     CONFIG,
     JOB_KEY,
     METRICS,
+    NONCE_KEY,
+    PEERS_KEY,
+    PUBLIC_KEY,
     ROUND_KEY,
     SHAPE_KEY,
     UPLOAD,
+    WORDS_KEY,
     delta_to_record,
     record_to_delta,
 )
 from modelfleet.federated.job import ClientSettings, JobSettings
 from modelfleet.federated.rounds import Contribution
+from modelfleet.federated.secure import new_exchange_key
 from modelfleet.zoo.skills import Split
 
+EXCHANGE_KEY = "exchange-key"
+PRIVATE_KEY = "private"
+"""The node-state record holding this round's X25519 private key."""
 CLIENT_THREADS = 1
 """Torch threads per client: the SuperNodes of a local federation share one machine."""
 RESIDUALS = "residuals"
@@ -79,16 +98,47 @@ def _compress(job: JobSettings, contribution: Contribution, context: Context) ->
     return ConfigRecord(upload)
 
 
+@app.query()
+def exchange_keys(msg: Message, context: Context) -> Message:
+    """A secure round's first step: a fresh X25519 key pair, the private half kept in the
+    node's state for the training message that follows, the public half sent."""
+    _, client, _ = _settings(msg, context)
+    private, public = new_exchange_key()
+    context.state[EXCHANGE_KEY] = ConfigRecord({PRIVATE_KEY: private})
+    return _reply(msg, client.name, {}, ConfigRecord({PUBLIC_KEY: public}))
+
+
+def _mask(
+    job: JobSettings,
+    client: ClientSettings,
+    factors: Mapping[str, LoraFactors],
+    msg: Message,
+    context: Context,
+) -> ConfigRecord:
+    """This client's B's, masked with the seeds it agrees with the participants whose
+    public keys the server relayed."""
+    config = msg.content[CONFIG]
+    keys = {name: bytes.fromhex(key) for name, key in json.loads(str(config[PEERS_KEY])).items()}
+    private = bytes(context.state[EXCHANGE_KEY][PRIVATE_KEY])
+    words = mask_update(job, client.name, factors, keys, private, str(config[NONCE_KEY]))
+    return ConfigRecord({WORDS_KEY: words.tobytes()})
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Merge the global delta, train this client's LoRA, upload its update."""
     job, client, dataset = _settings(msg, context)
     round_number = int(msg.content[CONFIG][ROUND_KEY])
     delta = record_to_delta(msg.content[ARRAYS])
-    factors, loss = train_round(job, client, delta, read_split(dataset, Split.TRAIN), round_number)
+    shared = shared_projection(job) if job.secure else None
+    factors, loss = train_round(
+        job, client, delta, read_split(dataset, Split.TRAIN), round_number, shared
+    )
     contribution = Contribution(client.name, client.weight, factors=factors)
     upload: ArrayRecord | ConfigRecord
-    if job.uploads_dense:
+    if job.secure:
+        upload = _mask(job, client, factors, msg, context)
+    elif job.uploads_dense:
         upload = _compress(job, contribution, context)
     else:
         arrays = {}

@@ -14,6 +14,7 @@ client of any rank merges it into its base and trains a fresh LoRA of its own ra
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,10 +34,12 @@ from flwr.serverapp.strategy import Strategy
 
 from modelfleet.federated.aggregation import LoraFactors
 from modelfleet.federated.checkpoint import RoundReport
+from modelfleet.federated.client_training import masked_round
 from modelfleet.federated.compression import decode
 from modelfleet.federated.job import JobSettings
 from modelfleet.federated.privacy import sample_clients
 from modelfleet.federated.rounds import Contribution, Delta, add_delta, aggregate_round
+from modelfleet.federated.secure import aggregate as unmask
 
 CONFIG = "config"
 ARRAYS = "arrays"
@@ -46,10 +49,18 @@ UPLOAD = "upload"
 CLIENT_KEY = "client"
 ROUND_KEY = "server-round"
 JOB_KEY = "job"
+PUBLIC_KEY = "public-key"
+PEERS_KEY = "peers"
+NONCE_KEY = "nonce"
+WORDS_KEY = "words"
+"""Secure rounds: a client's X25519 public key, the participants' keys the server relays,
+the attempt's nonce, and a masked upload."""
 A_KEY = ".a"
 B_KEY = ".b"
 SHAPE_KEY = ".shape"
 MAX_SAMPLE_DRAWS = 100
+SECURE_ATTEMPTS = 3
+"""Masked attempts of one round: each drops who failed the one before."""
 """Poisson draws tried for a round before giving up on reaching ``minClients``."""
 
 
@@ -222,6 +233,83 @@ class FederatedLora(Strategy):  # type: ignore[misc]  # flwr is typed only in it
             }
         )
 
+    def train_masked(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """A secure round: the sampled clients send fresh X25519 public keys, the server
+        relays them, each client trains B against the shared A and uploads it masked with
+        the seeds it agreed with every other participant, and the server decodes only the
+        sum. A participant missing after masking leaves masks that cannot cancel, so the
+        round is masked again, with fresh keys, without it (up to ``SECURE_ATTEMPTS``)."""
+        timeout = self.job.round_timeout_seconds
+        needed = max(2, self.job.min_clients)
+        nodes = self.sample(sorted(grid.get_node_ids()))
+        sampled_all = len(nodes) >= len(self.job.clients)
+        asked: set[str] = set()
+        present: set[str] = set()
+        for attempt in range(1, SECURE_ATTEMPTS + 1):
+            query = self._messages(
+                MessageType.QUERY, server_round, ArrayRecord(), ConfigRecord(), nodes
+            )
+            keys = {
+                str(reply.content[CONFIG][CLIENT_KEY]): (
+                    reply.metadata.src_node_id,
+                    bytes(reply.content[UPLOAD][PUBLIC_KEY]),
+                )
+                for reply in grid.send_and_receive(query, timeout=timeout)
+                if not reply.has_error()
+            }
+            asked |= set(keys)
+            present = set(keys)
+            if len(keys) < needed:
+                break
+            config = ConfigRecord(
+                {
+                    PEERS_KEY: json.dumps({name: key.hex() for name, (_, key) in keys.items()}),
+                    NONCE_KEY: f"{server_round}/{attempt}",
+                }
+            )
+            nodes = [node for node, _ in keys.values()]
+            train = self._messages(MessageType.TRAIN, server_round, arrays, config, nodes)
+            uploads = {
+                str(reply.content[CONFIG][CLIENT_KEY]): reply
+                for reply in grid.send_and_receive(train, timeout=timeout)
+                if not reply.has_error()
+            }
+            if set(uploads) == set(keys):
+                everyone = {c.name for c in self.job.clients}
+                sampled = everyone if sampled_all else asked
+                return self._unmask(arrays, uploads, tuple(sorted(sampled - set(keys))))
+            present = set(uploads)
+            nodes = [node for name, (node, _) in keys.items() if name in uploads]
+        missing = sorted(c.name for c in self.job.clients if c.name not in present)
+        raise RoundFailed(
+            "ClientsMissing",
+            f"round {server_round}: a masked sum needs {needed} participants that all upload; "
+            f"missing: {', '.join(missing)} (failed, stalled past {timeout:.0f}s, or not "
+            f"connected) after {attempt} attempt(s)",
+        )
+
+    def _unmask(
+        self, arrays: ArrayRecord, uploads: Mapping[str, Message], dropped: tuple[str, ...]
+    ) -> ArrayRecord:
+        """The new cumulative delta from a complete set of masked uploads."""
+        masked = masked_round(self.job, uploads)
+        words = {
+            name: np.frombuffer(bytes(reply.content[UPLOAD][WORDS_KEY]), np.uint32)
+            for name, reply in uploads.items()
+        }
+        update = {layer: f.product() for layer, f in unmask(masked, words).items()}
+        metrics = {name: reply.content[METRICS] for name, reply in uploads.items()}
+        weights = np.array([masked.weights[name] for name in metrics])
+        losses = np.array([float(m["loss"]) for m in metrics.values()])
+        self.outcome = RoundOutcome(
+            clients=tuple(sorted(uploads)),
+            dropped=dropped,
+            bytes_sent=sum(w.nbytes for w in words.values()),
+            uncompressed_bytes=sum(int(m["float32-bytes"]) for m in metrics.values()),
+            train_loss=float(np.sum(weights * losses) / np.sum(weights)),
+        )
+        return delta_to_record(add_delta(record_to_delta(arrays), update))
+
     def run_round(
         self, grid: Grid, server_round: int, cumulative: Delta, epsilon: float
     ) -> tuple[Delta, RoundReport]:
@@ -229,10 +317,13 @@ class FederatedLora(Strategy):  # type: ignore[misc]  # flwr is typed only in it
         started = time.monotonic()
         timeout = self.job.round_timeout_seconds
         arrays = delta_to_record(cumulative)
-        replies = grid.send_and_receive(
-            self.configure_train(server_round, arrays, ConfigRecord(), grid), timeout=timeout
-        )
-        aggregated, _ = self.aggregate_train(server_round, replies)
+        if self.job.secure:
+            aggregated: ArrayRecord | None = self.train_masked(grid, server_round, arrays)
+        else:
+            replies = grid.send_and_receive(
+                self.configure_train(server_round, arrays, ConfigRecord(), grid), timeout=timeout
+            )
+            aggregated, _ = self.aggregate_train(server_round, replies)
         assert aggregated is not None and self.outcome is not None
         evaluated = self.aggregate_evaluate(
             server_round,

@@ -3,6 +3,8 @@ nothing alone, a clear refusal on dropouts, and exact bytes."""
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -22,15 +24,24 @@ from modelfleet.federated.secure import (
     SharedProjection,
     Words,
     aggregate,
+    agreed_seeds,
     client_upload,
     delta_error_bound,
-    pair_seeds,
+    new_exchange_key,
     quantisation_bound,
     upload_bytes,
 )
 
 ALPHA = 16.0
-SECRET = b"job-secret"
+NONCE = "round-1"
+
+
+@cache
+def key_of(client: str) -> tuple[bytes, bytes]:
+    """Each client's X25519 key pair for the tests' rounds."""
+    return new_exchange_key()
+
+
 PROJECTION = SharedProjection(seed=42, max_rank=16, shapes={"q_proj": (32, 24), "v_proj": (16, 24)})
 RANKS = {"alice": 4, "bob": 8, "carol": 16}
 
@@ -43,9 +54,10 @@ def trained_b(rng: np.random.Generator, rank: int) -> dict[str, Matrix]:
     }
 
 
-def upload(round_: SecureRound, client: str, b: dict[str, Matrix], secret: bytes = SECRET) -> Words:
-    seeds = pair_seeds(secret, 1, client, round_.participants)
-    return client_upload(round_, client, b, seeds)
+def upload(round_: SecureRound, client: str, b: dict[str, Matrix], nonce: str = NONCE) -> Words:
+    """The client's masked upload, with seeds agreed by X25519 with every other participant."""
+    peers = {p: key_of(p)[1] for p in round_.participants if p != client}
+    return client_upload(round_, client, b, agreed_seeds(key_of(client)[0], peers, nonce))
 
 
 def unmasked_fixed_point(round_: SecureRound, client: str, b: dict[str, Matrix]) -> Words:
@@ -126,9 +138,9 @@ def test_one_entry_is_uniform_over_mask_seeds_for_two_different_b() -> None:
     rng = np.random.default_rng(2)
     round_ = SecureRound(PROJECTION, dict.fromkeys(RANKS, 1.0), ALPHA)
     first, second = trained_b(rng, 8), trained_b(rng, 8)
-    secrets = [f"secret-{i}".encode() for i in range(3000)]
+    nonces = [f"round-{i}" for i in range(3000)]
     entries = [
-        np.array([upload(round_, "bob", b, secret)[0] for secret in secrets], dtype=np.uint32)
+        np.array([upload(round_, "bob", b, nonce)[0] for nonce in nonces], dtype=np.uint32)
         for b in (first, second)
     ]
     counts = [np.bincount(e.astype(np.uint64) * 16 // MODULUS, minlength=16) for e in entries]
@@ -188,3 +200,15 @@ def test_b_of_a_rank_above_the_maximum_is_refused() -> None:
     round_ = SecureRound(PROJECTION, dict.fromkeys(RANKS, 1.0), ALPHA)
     with pytest.raises(ValueError, match=r"'alice' layer 'q_proj'.*max_rank=16"):
         upload(round_, "alice", trained_b(np.random.default_rng(7), 32))
+
+
+def test_both_ends_of_a_pair_agree_a_seed_the_relay_cannot_and_each_nonce_a_new_one() -> None:
+    alice, bob, eve = key_of("alice"), key_of("bob"), new_exchange_key()
+    assert agreed_seeds(alice[0], {"bob": bob[1]}, NONCE) == {
+        "bob": agreed_seeds(bob[0], {"alice": alice[1]}, NONCE)["alice"]
+    }
+    relayed = agreed_seeds(eve[0], {"alice": alice[1], "bob": bob[1]}, NONCE)
+    assert agreed_seeds(alice[0], {"bob": bob[1]}, NONCE)["bob"] not in relayed.values()
+    assert agreed_seeds(alice[0], {"bob": bob[1]}, "round-2") != agreed_seeds(
+        alice[0], {"bob": bob[1]}, NONCE
+    )
