@@ -33,6 +33,10 @@ sets, with a 95% bootstrap interval over seeds (each seed redraws data and LoRA 
 Compression: FLoRA's uploads as float32 factors against top-k (``--sparsity``) + Int8 with
 error feedback, bytes counted as encoded on the wire; its accuracy is printed beside.
 
+Secure aggregation: the same FLoRA job with ``secure`` on, as the runtime runs it (shared
+frozen A, B's masked with X25519-agreed seeds, only the sum decoded): its accuracy (only B
+trains) and its upload bytes (one uint32 per entry of the padded B's) against FLoRA's.
+
 Seconds per round: the same FLoRA job run for ``--flower-rounds`` rounds on Flower's
 deployment engine (a SuperLink and three SuperNodes as processes, ClientApps in their own
 processes, :func:`~modelfleet.federated.local_federation.run_federation`), against the same
@@ -41,8 +45,9 @@ round in this process: the ratio is what processes and gRPC cost. Needs
 
 Ends with ``RESULT fedjob_flora_accuracy``, ``fedjob_fedavg_accuracy``,
 ``fedjob_local_only_accuracy``, ``fedjob_centralised_accuracy`` (mean held-out accuracy),
-``fedjob_compression_bytes_ratio`` (uncompressed / compressed upload bytes per round) and
-``fedjob_seconds_per_round`` (a Flower round's wall time).
+``fedjob_compression_bytes_ratio`` (uncompressed / compressed upload bytes per round),
+``fedjob_secure_accuracy``, ``fedjob_secure_bytes_ratio`` (masked / float32 factor bytes)
+and ``fedjob_seconds_per_round`` (a Flower round's wall time).
 """
 
 from __future__ import annotations
@@ -60,7 +65,14 @@ from common.result_lines import print_result
 from transformers.utils import logging as transformers_logging
 
 from modelfleet.federated.checkpoint import read_latest_state
-from modelfleet.federated.client_training import evaluate_delta, float32_bytes, train_round
+from modelfleet.federated.client_training import (
+    evaluate_delta,
+    float32_bytes,
+    mask_update,
+    masked_round,
+    shared_projection,
+    train_round,
+)
 from modelfleet.federated.compression import ErrorFeedback, decode
 from modelfleet.federated.datasets import write_site_dataset
 from modelfleet.federated.job import (
@@ -73,6 +85,8 @@ from modelfleet.federated.job import (
 from modelfleet.federated.local_federation import run_federation, write_sites
 from modelfleet.federated.partition import draw_examples, mix_skills
 from modelfleet.federated.rounds import Contribution, Delta, add_delta, aggregate_round
+from modelfleet.federated.secure import aggregate as unmask
+from modelfleet.federated.secure import new_exchange_key
 from modelfleet.zoo.cache import ensure_model
 from modelfleet.zoo.skills import Example, Split
 
@@ -120,6 +134,11 @@ def federate(
     sent = 0
     started = time.perf_counter()
     for round_number in range(1, job.rounds + 1):
+        if job.secure:
+            update, uploaded = masked_update(job, data, delta, round_number)
+            delta = add_delta(delta, update)
+            sent += uploaded
+            continue
         contributions = []
         for client in job.clients:
             factors, _ = train_round(job, client, delta, data[client.name], round_number)
@@ -135,6 +154,27 @@ def federate(
         delta = add_delta(delta, aggregate_round(job, contributions, rng).delta)
     seconds = time.perf_counter() - started
     return delta, sent / job.rounds, seconds / job.rounds
+
+
+def masked_update(
+    job: JobSettings, data: dict[str, list[Example]], delta: Delta, round_number: int
+) -> tuple[Delta, int]:
+    """One secure round as the runtime runs it, clients in turn: fresh X25519 keys, B
+    trained against the shared A, uploads masked with the agreed seeds, only the sum
+    decoded. The round's update and the bytes uploaded."""
+    keys = {client.name: new_exchange_key() for client in job.clients}
+    public = {name: pair[1] for name, pair in keys.items()}
+    shared = shared_projection(job)
+    words = {}
+    for client in job.clients:
+        factors, _ = train_round(job, client, delta, data[client.name], round_number, shared)
+        words[client.name] = mask_update(
+            job, client.name, factors, public, keys[client.name][0], f"{round_number}"
+        )
+    summed = unmask(masked_round(job, keys), words)
+    return {layer: f.product() for layer, f in summed.items()}, sum(
+        w.nbytes for w in words.values()
+    )
 
 
 def accuracy(base: str, delta: Delta, heldout: Sequence[list[Example]]) -> float:
@@ -172,8 +212,15 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Outcome]:
     outcomes = {}
     flora = settings(args.base, Method.FLORA, FLORA_RANKS, args, seed)
     compressed = replace(flora, compression=CompressionSettings(args.sparsity, "Int8"))
+    secure = replace(flora, secure=True)
     fedavg = settings(args.base, Method.FEDAVG, [FEDAVG_RANK] * len(sites), args, seed)
-    for name, job in (("flora", flora), ("flora_compressed", compressed), ("fedavg", fedavg)):
+    methods = (
+        ("flora", flora),
+        ("flora_compressed", compressed),
+        ("flora_secure", secure),
+        ("fedavg", fedavg),
+    )
+    for name, job in methods:
         delta, sent, seconds = federate(job, data, rng)
         outcomes[name] = Outcome(accuracy(args.base, delta, heldout), sent, seconds)
     local = []
@@ -256,6 +303,11 @@ def main() -> int:
         f"with error feedback {packed:.0f} (ratio {plain / packed:.2f}); accuracy "
         f"{means['flora']:.3f} -> {means['flora_compressed']:.3f}"
     )
+    masked = np.mean([run["flora_secure"].bytes_per_round for run in runs])
+    print(
+        f"secure aggregation (shared frozen A, masked B's): upload bytes per round {masked:.0f} "
+        f"({masked / plain:.2f}x FLoRA's float32 factors); accuracy {means['flora_secure']:.3f}"
+    )
     in_process = float(np.mean([run["flora"].seconds_per_round for run in runs]))
     flower = 0.0
     if args.flower_rounds:
@@ -270,6 +322,8 @@ def main() -> int:
     print_result("fedjob_local_only_accuracy", means["local_only"])
     print_result("fedjob_centralised_accuracy", means["centralised"])
     print_result("fedjob_compression_bytes_ratio", plain / packed)
+    print_result("fedjob_secure_accuracy", means["flora_secure"])
+    print_result("fedjob_secure_bytes_ratio", masked / plain)
     print_result("fedjob_seconds_per_round", flower or in_process)
     return 0
 
