@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from modelfleet.api.fedjob import FedJobSpec
 from modelfleet.core.names import child_name
-from modelfleet.core.workload import (
-    Blocked,
-    Workload,
-    WorkloadKind,
-    gpu_selector,
-    group_workers,
-)
+from modelfleet.core.workload import Blocked, Workload, WorkloadKind
 from modelfleet.scheduling.inventory import Inventory, canonical_product
 
-ENTRYPOINT = "modelfleet.federated.runtime"
+ENTRYPOINT = "modelfleet.federated"
+"""Tells the backends a workload is a FedJob's federation, which each starts its own way."""
 SITE_LABEL = "modelfleet.io/site"
+"""The node label a client's ``site`` selects."""
 
 
 def find_unplaceable_client(spec: FedJobSpec, inventory: Inventory) -> Blocked | None:
@@ -35,25 +31,19 @@ def find_unplaceable_client(spec: FedJobSpec, inventory: Inventory) -> Blocked |
 
 
 def plan_fedjob(name: str, spec: FedJobSpec, inventory: Inventory | None) -> Workload | Blocked:
-    """One Ray job whose workers are grouped by the clients' hardware and site.
+    """The FedJob's workload: its spec, which each backend turns into a Flower federation
+    (local processes, or a SuperLink and a SuperNode Deployment per client placed by that
+    client's GPUs, site and node selector). No Ray workers: the federation is not Ray's.
 
     With the cluster's inventory, a client no node can host blocks the job up front
-    rather than leaving a worker pending forever."""
+    rather than leaving a SuperNode pending forever."""
     if inventory is not None and (blocked := find_unplaceable_client(spec, inventory)):
         return blocked
-    requests = []
-    for client in spec.clients:
-        selector = dict(gpu_selector(client.resources.gpu_type)) | dict(client.node_selector)
-        if client.site:
-            selector.setdefault(SITE_LABEL, client.site)
-        requests.append(
-            (client.resources.gpu_type, client.resources.gpus, tuple(sorted(selector.items())))
-        )
     return Workload(
         name=child_name(name, "fed"),
         kind=WorkloadKind.JOB,
         entrypoint=ENTRYPOINT,
         config=spec.to_wire(),
-        worker_groups=group_workers(requests),
+        worker_groups=(),
         pod=spec.pod,
     )

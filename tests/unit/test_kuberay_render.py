@@ -49,11 +49,11 @@ from tests.unit.ray_pods import (
     templates,
 )
 
-OWNER = Owner("modelfleet.io/v1alpha1", "FedJob", "job", "team-a", "uid-1")
+OWNER = Owner("modelfleet.io/v1alpha1", "FusionJob", "job", "team-a", "uid-1")
 JOB = Workload(
-    "job-fed",
+    "job-fusion",
     WorkloadKind.JOB,
-    "modelfleet.federated.runtime",
+    "modelfleet.fusion.runtime",
     {"rounds": 3},
     (
         WorkerGroup("g0-l4", "L4", 2, 1, (("modelfleet.io/site", "eu"), (GPU_PRODUCT_LABEL, "L4"))),
@@ -75,12 +75,12 @@ def test_rayjob_is_owned_labelled_and_placed() -> None:
     obj = render(OWNER, JOB, "img:1")
     assert (obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]) == (
         "RayJob",
-        "job-fed",
+        "job-fusion",
         "team-a",
     )
     assert obj["metadata"]["ownerReferences"] == [OWNER.reference()]
     assert obj["metadata"]["ownerReferences"][0]["controller"] is True
-    assert obj["spec"]["entrypoint"] == "python -m modelfleet.federated.runtime"
+    assert obj["spec"]["entrypoint"] == "python -m modelfleet.fusion.runtime"
     workers = obj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     gpu_pod = workers[0]["template"]["spec"]
     assert gpu_pod["nodeSelector"] == {"modelfleet.io/site": "eu"}

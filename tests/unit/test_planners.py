@@ -17,7 +17,6 @@ from modelfleet.api.modelpool import GpuOffer, ModelPoolSpec, ModelPoolStatus
 from modelfleet.api.routingpolicy import RoutingPolicySpec, RoutingPolicyStatus
 from modelfleet.core.names import MAX_NAME, child_name
 from modelfleet.core.workload import (
-    GPU_PRODUCT_LABEL,
     WORKLOAD_LABEL,
     Blocked,
     Observation,
@@ -26,7 +25,7 @@ from modelfleet.core.workload import (
     WorkloadState,
     distribute_ready,
 )
-from modelfleet.federated.plan import SITE_LABEL, plan_fedjob
+from modelfleet.federated.plan import plan_fedjob
 from modelfleet.fusion.plan import plan_fusionjob
 from modelfleet.routing.plan import PoolView, compute_routingpolicy_status, plan_router
 from modelfleet.serving.plan import (
@@ -150,38 +149,29 @@ def test_ready_replicas_fill_groups_in_order_and_never_exceed_them(
     assert full == sorted(full, reverse=True)  # a group fills only after those before it
 
 
-def test_fedjob_groups_clients_by_hardware_and_site() -> None:
+def test_a_fedjob_is_its_spec_with_no_ray_workers() -> None:
+    """Each client's placement is its own SuperNode's (tests/unit/federated/
+    test_flower_render.py); the plan only carries the spec to the backend."""
     spec = FedJobSpec.model_validate(
         {
             "baseModel": {"uri": "builtin://m"},
             "clients": [
-                {"name": f"c{i}", "datasetUri": "s3://d", "site": site, "resources": res}
-                for i, (site, res) in enumerate(
-                    [
-                        ("eu", {"gpuType": "L4", "count": 1}),
-                        ("eu", {"gpuType": "L4", "count": 1}),
-                        ("us", {"gpuType": "L4", "count": 1}),
-                        ("us", {"gpuType": "cpu"}),
-                    ]
-                )
+                {
+                    "name": "c0",
+                    "datasetUri": "s3://d",
+                    "site": "eu",
+                    "resources": {"gpuType": "L4", "count": 1},
+                },
+                {"name": "c1", "datasetUri": "s3://d", "resources": {"gpuType": "cpu"}},
             ],
             "output": {"uri": "s3://o"},
         }
     )
     workload = plan_fedjob("job", spec, None)
     assert not isinstance(workload, Blocked)
-    assert workload.kind is WorkloadKind.JOB
-    groups = [
-        (g.gpu_type, g.replicas, g.gpus_per_worker, dict(g.node_selector))
-        for g in workload.worker_groups
-    ]
-    l4 = {GPU_PRODUCT_LABEL: "L4"}
-    assert groups == [
-        ("L4", 2, 1, {**l4, SITE_LABEL: "eu"}),
-        ("L4", 1, 1, {**l4, SITE_LABEL: "us"}),
-        ("cpu", 1, 0, {SITE_LABEL: "us"}),
-    ], "a cpu client's count (defaulted to 1) asks for no GPU"
-    assert workload.config["clients"][0]["datasetUri"] == "s3://d"
+    assert workload.kind is WorkloadKind.JOB and workload.name == "job-fed"
+    assert workload.worker_groups == ()
+    assert FedJobSpec.model_validate(workload.config) == spec
 
 
 def test_fusionjob_one_worker_per_gpu() -> None:
