@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +24,25 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from e2e.conftest import ROOT, Kube, Operator, create_nodes, namespace, wait_for
-from modelfleet.backends.flower_render import FederationNames
+from modelfleet.backends.flower_render import SUPERLINK_PORT, SUPERNODE_PORT, FederationNames
 from modelfleet.core.pod_security import restricted_violations
 from modelfleet.federated.credentials import CA_CERT, SERVER_CERT, private_key_file
+from modelfleet.federated.datasets import write_site_dataset
+from modelfleet.federated.local_federation import find_federated_venv
+from modelfleet.federated.processes import (
+    MARKER_VARIABLE,
+    pick_free_ports,
+    stop_processes,
+    wait_for_port,
+)
 from modelfleet.federated.superlink_pod import ConfigMapTarget, publish
+from modelfleet.zoo.cache import ensure_model
 
 pytestmark = pytest.mark.envtest
 NS = "federation"
 NAMES = FederationNames("clinical-notes-fed")
 CLIENTS = ("hospital-a", "hospital-b", "hospital-c")
+SKILLS = ("reversal", "sorting")
 REPORT = {
     "round": 2,
     "clients_reporting": 3,
@@ -184,3 +197,159 @@ def test_file_uris_are_refused_on_a_cluster_naming_the_field(kube: Kube) -> None
     assert "pvc://<claim>/<path>" in ready["message"]
     names = kube("get", "deployments", "-n", NS, "-o", "name")
     assert "on-disk" not in names
+
+
+TINY = """
+apiVersion: modelfleet.io/v1alpha1
+kind: FedJob
+metadata:
+  name: tiny
+spec:
+  baseModel: {uri: zoo://qwen-tiny}
+  adapter: {rank: 4, targetModules: [q_proj, v_proj]}
+  clients:
+    - {name: north, datasetUri: pvc://north-data/site, rank: 8}
+    - {name: south, datasetUri: pvc://south-data/site, rank: 4}
+  rounds: 1
+  localSteps: 2
+  aggregation: {minClients: 2, roundTimeoutSeconds: 120}
+  output: {uri: pvc://runs/tiny}
+"""
+
+
+class Kubelet:
+    """Runs a rendered pod's container as a local process, the way a kubelet would give it
+    its volumes: each Secret or ConfigMap volume's projected items as files, each claim as
+    a directory shared by every pod, mounted at a local directory that replaces the mount
+    path in the container's command."""
+
+    def __init__(self, kube: Kube, root: Path, bin_dir: Path, environment: dict[str, str]):
+        self.kube = kube
+        self.root = root
+        self.bin_dir = bin_dir
+        self.environment = environment
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def _materialise(self, name: str, pod: dict[str, Any]) -> dict[str, str]:
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        mounts = {}
+        for mount in pod["containers"][0]["volumeMounts"]:
+            volume = volumes[mount["name"]]
+            if "persistentVolumeClaim" in volume:
+                local = self.root / "claims" / volume["persistentVolumeClaim"]["claimName"]
+                local.mkdir(parents=True, exist_ok=True)
+            else:
+                local = self.root / name / mount["mountPath"].lstrip("/")
+                local.mkdir(parents=True, exist_ok=True)
+                source = volume.get("secret") or volume["configMap"]
+                kind = "secret" if "secret" in volume else "configmap"
+                document = self.kube.get(kind, source.get("secretName") or source["name"], "-n", NS)
+                for item in source["items"]:
+                    value = document["data"][item["key"]]
+                    content = base64.b64decode(value) if kind == "secret" else value.encode()
+                    (local / item["path"]).write_bytes(content)
+            mounts[mount["mountPath"]] = str(local)
+        return mounts
+
+    def run(
+        self, name: str, pod: dict[str, Any], rewrites: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        mounts = self._materialise(name, pod)
+        command = []
+        for argument in pod["containers"][0]["command"]:
+            for path, local in {**mounts, **rewrites}.items():
+                argument = argument.replace(path, local)
+            command.append(argument)
+        command[0] = str(self.bin_dir / command[0])
+        log = (self.root / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=self.environment
+        )
+        self.started.append(process)
+        return process
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.usefixtures("operator")
+def test_the_rendered_federation_trains_where_its_pods_would(kube: Kube, tmp_path: Path) -> None:
+    """No kubelet here, so a small one runs the rendered pods as local processes: the
+    SuperLink pod's command with the Secret's files it is given, publishing with its
+    service account's token; each SuperNode's command with its own key. The operator
+    follows the published status to Succeeded and scales the federation to zero."""
+    names = FederationNames("tiny-fed")
+    ensure_model("qwen-tiny")  # the pods' image has it built in; here, the shared zoo cache
+    kube("apply", "-n", NS, "-f", "-", stdin=TINY)
+    kube.wait_reason("fedjob/tiny", NS, "SuperLinkStarting")
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]
+        for d in kube.get("deployments", "-n", NS)["items"]
+        if d["metadata"]["name"].startswith("tiny-fed-")
+    }
+    for index, (claim, skill) in enumerate((("north-data", "reversal"), ("south-data", "sorting"))):
+        write_site_dataset(tmp_path / "claims" / claim / "site", skill, SKILLS, index, 120, 10)
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    token_for(kube, names.superlink, account)
+    shutil.copy(kube.cluster.pki / "ca.crt", account / "ca.crt")
+    venv = find_federated_venv()
+    marker = "e2e-fedjob-cluster"
+    environment = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        "PATH": f"{venv}{os.pathsep}{os.environ['PATH']}",
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": str(kube.cluster.api_port),
+        "POD_NAMESPACE": NS,
+        MARKER_VARIABLE: marker,
+    }
+    kubelet = Kubelet(kube, tmp_path, venv, environment)
+    link_port, *node_ports = pick_free_ports(3)
+    try:
+        link = kubelet.run(
+            names.superlink,
+            {
+                **pods[names.superlink],
+                "containers": [
+                    with_arguments(pods[names.superlink], f"--service-account={account}")
+                ],
+            },
+            {f"--port={SUPERLINK_PORT}": f"--port={link_port}"},
+        )
+        wait_for_port(link_port, link, 120)
+        for client, port in zip(("north", "south"), node_ports, strict=True):
+            kubelet.run(
+                names.supernode(client),
+                pods[names.supernode(client)],
+                {
+                    f"{names.superlink_host(NS)}:{SUPERLINK_PORT}": f"127.0.0.1:{link_port}",
+                    f"--port={SUPERNODE_PORT}": f"--port={port}",
+                },
+            )
+
+        def ended() -> bool:
+            assert link.poll() is None, f"the SuperLink exited; see {tmp_path}"
+            return any(
+                kube.condition("fedjob/tiny", NS, kind).get("status") == "True"
+                for kind in ("Succeeded", "Failed")
+            )
+
+        wait_for(ended, 600, "the federation to end")
+        ready = kube.condition("fedjob/tiny", NS)
+        assert ready["reason"] == "RoundsCompleted", ready
+    finally:
+        stop_processes(kubelet.started, marker)
+    status = kube.get("fedjob/tiny", "-n", NS)["status"]
+    assert status["round"] == 1 and status["clientsReporting"] == 2 and status["bytesSent"] > 0
+    assert status["artifacts"] == [{"name": "adapter", "uri": "pvc://runs/tiny/adapter"}]
+    assert (tmp_path / "claims" / "runs" / "tiny" / "adapter" / "adapter_config.json").is_file()
+
+    def scaled_to_zero() -> bool:
+        return all(kube.get("deployment", name, "-n", NS)["spec"]["replicas"] == 0 for name in pods)
+
+    wait_for(scaled_to_zero, 30, "the finished federation's Deployments to scale to zero")
+
+
+def with_arguments(pod: dict[str, Any], *arguments: str) -> dict[str, Any]:
+    """The pod's container with ``arguments`` added to its command."""
+    container = pod["containers"][0]
+    return {**container, "command": [*container["command"], *arguments]}

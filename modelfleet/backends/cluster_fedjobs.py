@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from modelfleet.api.fedjob import FedJobSpec
 from modelfleet.backends.base import Owner
+from modelfleet.backends.federation_status import observe_result, observe_rounds
 from modelfleet.backends.flower_render import (
     SPEC_FILE,
     FederationNames,
@@ -34,7 +35,6 @@ from modelfleet.core.workload import ApplyResult, Observation, Workload, Workloa
 from modelfleet.federated.checkpoint import RunResult
 from modelfleet.federated.credentials import mint_credentials
 from modelfleet.federated.launch import JobInvalid, check_cluster_job, job_settings
-from modelfleet.federated.progress import observe_result, observe_rounds
 from modelfleet.federated.superlink_pod import STATUS_KEY
 
 log = logging.getLogger(__name__)

@@ -235,13 +235,18 @@ def _supernode_pod(
     client = spec.clients[index]
     claim, claim_mount = _claim_volume(dataset, read_only=True)
     credentials, credentials_mount = _secret_volume(names.credentials, node_files(client.name))
-    command = supernode_arguments(
-        f"{names.superlink_host(owner.namespace)}:{SUPERLINK_PORT}",
-        render_node_config(client.name, _claim_path(dataset)),
-        SUPERNODE_PORT,
-        CREDENTIALS_MOUNT / CA_CERT,
-        CREDENTIALS_MOUNT / NODE_KEY,
-    )
+    command = [
+        "python",
+        "-m",
+        "modelfleet.federated.supernode_pod",
+        *supernode_arguments(
+            f"{names.superlink_host(owner.namespace)}:{SUPERLINK_PORT}",
+            render_node_config(client.name, _claim_path(dataset)),
+            SUPERNODE_PORT,
+            CREDENTIALS_MOUNT / CA_CERT,
+            CREDENTIALS_MOUNT / NODE_KEY,
+        ),
+    ]
     gpus = client.resources.gpus
     container = {
         "name": "supernode",

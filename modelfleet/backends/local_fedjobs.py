@@ -18,6 +18,7 @@ from pathlib import Path
 
 from modelfleet.api.fedjob import FedJobSpec
 from modelfleet.backends.base import Owner
+from modelfleet.backends.federation_status import observe_result, observe_rounds
 from modelfleet.core.workload import ApplyResult, Observation, Workload, WorkloadState
 from modelfleet.federated.checkpoint import (
     RunResult,
@@ -35,7 +36,7 @@ from modelfleet.federated.launch import (
 )
 from modelfleet.federated.local_federation import write_sites
 from modelfleet.federated.processes import MARKER_VARIABLE, find_marked_processes, stop_processes
-from modelfleet.federated.progress import observe_result, observe_rounds, read_progress
+from modelfleet.federated.progress import read_progress
 
 LAUNCHES_FILE = "launches"
 OWNER_FILE = "owner"

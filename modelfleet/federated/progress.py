@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from modelfleet.core.workload import Observation, WorkloadState
 from modelfleet.federated.checkpoint import (
     ADAPTER_DIR,
     RunResult,
@@ -56,20 +55,3 @@ def read_progress(run_dir: Path, output_uri: str) -> tuple[dict[str, Any], RunRe
     """The report of the run in ``run_dir`` and its outcome, if it has ended."""
     result = read_result(run_dir)
     return report(read_latest_state(run_dir), result, run_dir, output_uri), result
-
-
-def observe_result(progress: dict[str, Any], result: RunResult) -> Observation:
-    """A run that has ended, as its result says."""
-    state = WorkloadState.SUCCEEDED if result.phase == "Succeeded" else WorkloadState.FAILED
-    return Observation(state, result.reason, result.message, job_report=progress)
-
-
-def observe_rounds(progress: dict[str, Any], rounds: int) -> Observation:
-    """A run whose processes are up: the round in flight."""
-    done = int(progress["round"])
-    return Observation(
-        WorkloadState.RUNNING,
-        "RoundInProgress",
-        f"round {done + 1} of {rounds} in progress; {done} completed",
-        job_report=progress,
-    )

@@ -53,16 +53,13 @@ class ConfigMapTarget:
     ca_file: Path | None
 
     @classmethod
-    def in_cluster(cls, namespace: str, name: str) -> ConfigMapTarget:
-        """The pod's own API server and service account."""
+    def in_cluster(
+        cls, namespace: str, name: str, account: Path = SERVICE_ACCOUNT
+    ) -> ConfigMapTarget:
+        """The pod's own API server (from the variables the kubelet sets) and service
+        account (its token and CA, where the kubelet mounts them)."""
         host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
-        return cls(
-            f"https://{host}:{port}",
-            namespace,
-            name,
-            SERVICE_ACCOUNT / "token",
-            SERVICE_ACCOUNT / "ca.crt",
-        )
+        return cls(f"https://{host}:{port}", namespace, name, account / "token", account / "ca.crt")
 
 
 def status_document(run_dir: Path, output_uri: str) -> str:
@@ -144,9 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--status-configmap", required=True)
     parser.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""))
+    parser.add_argument("--service-account", type=Path, default=SERVICE_ACCOUNT)
     args = parser.parse_args(argv)
     publisher = Publisher(
-        ConfigMapTarget.in_cluster(args.namespace, args.status_configmap),
+        ConfigMapTarget.in_cluster(args.namespace, args.status_configmap, args.service_account),
         args.run_dir,
         args.output_uri,
     )

@@ -132,7 +132,13 @@ def test_supernodes_get_their_own_data_key_site_and_gpus_and_connect_over_tls() 
         assert pod["automountServiceAccountToken"] is False
         [container] = pod["containers"]
         command = container["command"]
-        assert command[0] == "flower-supernode" and "--insecure" not in command
+        assert command[:4] == [
+            "python",
+            "-m",
+            "modelfleet.federated.supernode_pod",
+            "flower-supernode",
+        ]
+        assert "--insecure" not in command
         assert f"--superlink={NAMES.superlink}.research.svc:{SUPERLINK_PORT}" in command
         assert "--root-certificates=/etc/modelfleet/flower/ca.crt" in command
         assert "--auth-supernode-private-key=/etc/modelfleet/flower/auth.key" in command
