@@ -189,6 +189,30 @@ def test_a_cluster_fedjob_runs_as_a_tls_federation_and_ends_with_no_pods(
 
 
 @pytest.mark.usefixtures("operator")
+def test_a_stranger_with_a_childs_name_is_left_alone_and_named(kube: Kube) -> None:
+    stranger = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "clash-fed-node-hospital-b"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "someone-else"}},
+            "template": {
+                "metadata": {"labels": {"app": "someone-else"}},
+                "spec": {"containers": [{"name": "app", "image": "someone/else:1"}]},
+            },
+        },
+    }
+    kube("apply", "-n", NS, "-f", "-", stdin=json.dumps(stranger))
+    example = (ROOT / "examples" / "cluster" / "fedjob.yaml").read_text()
+    kube("apply", "-n", NS, "-f", "-", stdin=example.replace("name: clinical-notes", "name: clash"))
+    conflict = kube.wait_reason("fedjob/clash", NS, "NameConflict")
+    assert "a Deployment named clash-fed-node-hospital-b exists" in conflict["message"]
+    kept = kube.get("deployment/clash-fed-node-hospital-b", "-n", NS)
+    assert not kept["metadata"].get("ownerReferences")
+    assert kept["spec"]["template"]["spec"]["containers"][0]["image"] == "someone/else:1"
+
+
+@pytest.mark.usefixtures("operator")
 def test_file_uris_are_refused_on_a_cluster_naming_the_field(kube: Kube) -> None:
     local = (ROOT / "examples" / "fedjob.yaml").read_text()
     kube("apply", "-n", NS, "-f", "-", stdin=local.replace("name: clinical-notes", "name: on-disk"))

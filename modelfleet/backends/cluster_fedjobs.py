@@ -31,7 +31,13 @@ from modelfleet.backends.flower_render import (
     render_secret,
 )
 from modelfleet.backends.pod_templates import GpuProducts, owned
-from modelfleet.core.workload import ApplyResult, Observation, Workload, WorkloadState
+from modelfleet.core.workload import (
+    WORKLOAD_LABEL,
+    ApplyResult,
+    Observation,
+    Workload,
+    WorkloadState,
+)
 from modelfleet.federated.checkpoint import RunResult
 from modelfleet.federated.credentials import mint_credentials
 from modelfleet.federated.launch import JobInvalid, check_cluster_job, job_settings
@@ -97,12 +103,9 @@ class ClusterFedJobs:
         document: dict[str, Any] = json.loads(response.data)
         return document
 
-    def _ensure_credentials(self, owner: Owner, names: FederationNames, spec: FedJobSpec) -> None:
-        """Mint the federation's material unless its Secret exists. One create stores all
-        of it, so a crash leaves either none or the whole set; a set is never replaced, as
-        the running pods trust it."""
-        if self._read(self._core.read_namespaced_secret, names.credentials, owner.namespace):
-            return
+    def _mint_credentials(self, owner: Owner, names: FederationNames, spec: FedJobSpec) -> None:
+        """Store the federation's material. One create stores all of it, so a crash leaves
+        either none or the whole set; a set is never replaced, as the running pods trust it."""
         material = mint_credentials(
             names.superlink_hosts(owner.namespace), [c.name for c in spec.clients]
         )
@@ -110,6 +113,16 @@ class ClusterFedJobs:
 
     def _read_config_map(self, owner: Owner, name: str) -> dict[str, Any] | None:
         return self._read(self._core.read_namespaced_config_map, name, owner.namespace)
+
+    def _deployments(self, owner: Owner, names: FederationNames) -> dict[str, dict[str, Any]]:
+        """The federation's Deployments as they are, by name, in one list call."""
+        response: Any = self._apps.list_namespaced_deployment(
+            owner.namespace,
+            label_selector=f"{WORKLOAD_LABEL}={names.workload}",
+            _preload_content=False,
+        )
+        items = json.loads(response.data)["items"]
+        return {item["metadata"]["name"]: item for item in items}
 
     def _started(self, owner: Owner, workload: Workload) -> Workload:
         """``workload`` with the spec its federation was created with, once it was: the
@@ -120,7 +133,9 @@ class ClusterFedJobs:
         return replace(workload, config=json.loads(stored["data"][SPEC_FILE]))
 
     def apply(self, owner: Owner, workload: Workload) -> ApplyResult:
-        """Create what is missing; scale the pods to zero once the run has ended."""
+        """Create what is missing; scale the pods to zero once the run has ended. Every
+        child but the Deployments is tried each time (a few calls, each idempotent); the
+        Deployments are listed once and only the missing ones created."""
         workload = self._started(owner, workload)
         spec = FedJobSpec.model_validate(workload.config)
         try:
@@ -131,46 +146,61 @@ class ClusterFedJobs:
         status = self._read_config_map(owner, names.status)
         if status is not None and not owned(status, owner.uid):
             return ApplyResult.SKIPPED
+        credentials = self._read(
+            self._core.read_namespaced_secret, names.credentials, owner.namespace
+        )
+        if credentials is None:
+            self._mint_credentials(owner, names, spec)
+        elif not owned(credentials, owner.uid):
+            return ApplyResult.SKIPPED
         ended = status is not None and _published(status)[1] is not None
-        self._ensure_credentials(owner, names, spec)
+        deployments = self._deployments(owner, names)
         created = False
         for child in self._render(owner, workload, 0 if ended else 1):
+            if child["kind"] == "Deployment" and child["metadata"]["name"] in deployments:
+                continue
             created = self._create(owner.namespace, child) or created
-        if ended and self._scale_to_zero(owner, names, spec):
-            return ApplyResult.UPDATED
-        return ApplyResult.CREATED if created else ApplyResult.UNCHANGED
-
-    def _scale_to_zero(self, owner: Owner, names: FederationNames, spec: FedJobSpec) -> bool:
-        """Scale the federation's Deployments that still run pods to zero; whether any did."""
-        scaled = False
-        for name in [names.superlink, *(names.supernode(c.name) for c in spec.clients)]:
-            current = self._read(self._apps.read_namespaced_deployment, name, owner.namespace)
-            if current is not None and owned(current, owner.uid) and current["spec"]["replicas"]:
+        running = [
+            name
+            for name, current in deployments.items()
+            if owned(current, owner.uid) and current["spec"]["replicas"]
+        ]
+        if ended and running:
+            for name in running:
                 self._apps.patch_namespaced_deployment_scale(
                     name, owner.namespace, {"spec": {"replicas": 0}}
                 )
-                scaled = True
-        return scaled
+            return ApplyResult.UPDATED
+        return ApplyResult.CREATED if created else ApplyResult.UNCHANGED
 
     def observe(self, owner: Owner, workload: Workload) -> Observation:
         """The run's state from its published status and its SuperLink Deployment."""
         started = self._started(owner, workload)
+        spec = FedJobSpec.model_validate(started.config)
         try:
-            check_cluster_job(FedJobSpec.model_validate(started.config))
+            check_cluster_job(spec)
         except JobInvalid as error:
             return Observation(WorkloadState.FAILED, INVALID, str(error))
         names = FederationNames(workload.name)
         status = self._read_config_map(owner, names.status)
+        if status is not None and not owned(status, owner.uid):
+            return _name_conflict(_conflict("ConfigMap", names.status, owner))
+        credentials = self._read(
+            self._core.read_namespaced_secret, names.credentials, owner.namespace
+        )
+        if credentials is not None and not owned(credentials, owner.uid):
+            return _name_conflict(_conflict("Secret", names.credentials, owner))
+        deployments = self._deployments(owner, names)
+        strangers = sorted(n for n, d in deployments.items() if not owned(d, owner.uid))
+        if strangers:
+            return _name_conflict(_conflict("Deployment", strangers[0], owner))
         if status is None:
             return Observation(WorkloadState.MISSING, "Creating", "federation not created yet")
-        if not owned(status, owner.uid):
-            return Observation(
-                WorkloadState.UNAVAILABLE,
-                NAME_CONFLICT,
-                f"a ConfigMap named {names.status} exists in namespace {owner.namespace} that "
-                f"this FedJob does not own; delete or rename it, and the operator creates its own",
-            )
-        observed = self._observe_run(owner, names, status, started.config["rounds"])
+        expected = [names.superlink, *(names.supernode(c.name) for c in spec.clients)]
+        for name in (n for n in expected if n not in deployments):
+            if self._read(self._apps.read_namespaced_deployment, name, owner.namespace):
+                return _name_conflict(_conflict("Deployment", name, owner))
+        observed = self._observe_run(names, status, deployments, spec.rounds)
         if started.config != workload.config:
             note = (
                 "; the spec changed after the federation was created: a FedJob keeps the spec "
@@ -179,14 +209,18 @@ class ClusterFedJobs:
             observed = replace(observed, message=observed.message + note)
         return observed
 
+    @staticmethod
     def _observe_run(
-        self, owner: Owner, names: FederationNames, status: dict[str, Any], rounds: int
+        names: FederationNames,
+        status: dict[str, Any],
+        deployments: dict[str, dict[str, Any]],
+        rounds: int,
     ) -> Observation:
         progress, result = _published(status)
         if result is not None:
             return observe_result(progress, result)
-        link = self._read(self._apps.read_namespaced_deployment, names.superlink, owner.namespace)
-        if link is not None and (link.get("status") or {}).get("availableReplicas"):
+        link = deployments.get(names.superlink) or {}
+        if (link.get("status") or {}).get("availableReplicas"):
             return observe_rounds(progress, rounds)
         return Observation(
             WorkloadState.PENDING,
@@ -194,6 +228,17 @@ class ClusterFedJobs:
             f"waiting for the SuperLink pod of Deployment {names.superlink} to be ready",
             job_report=progress,
         )
+
+
+def _conflict(kind: str, name: str, owner: Owner) -> str:
+    return (
+        f"a {kind} named {name} exists in namespace {owner.namespace} that this FedJob does "
+        "not own; delete or rename it, and the operator creates its own"
+    )
+
+
+def _name_conflict(message: str) -> Observation:
+    return Observation(WorkloadState.UNAVAILABLE, NAME_CONFLICT, message)
 
 
 def _published(status: dict[str, Any]) -> tuple[dict[str, Any], RunResult | None]:

@@ -145,14 +145,17 @@ def _deployment(
     owner: Owner, name: str, labels: dict[str, str], pod: dict[str, Any], replicas: int
 ) -> dict[str, Any]:
     """One pod's Deployment, recreated rather than rolled (the SuperLink's volume is
-    ReadWriteOnce; two SuperNodes of one client would train twice)."""
+    ReadWriteOnce; two SuperNodes of one client would train twice). It carries its pods'
+    labels too, so the federation's Deployments are listed by their workload in one call."""
     spec = {
         "replicas": replicas,
         "strategy": {"type": "Recreate"},
         "selector": {"matchLabels": labels},
         "template": {"metadata": {"labels": labels}, "spec": pod},
     }
-    return _object("apps/v1", "Deployment", owner, name, spec)
+    deployment = _object("apps/v1", "Deployment", owner, name, spec)
+    deployment["metadata"]["labels"].update(labels)
+    return deployment
 
 
 def _object(

@@ -189,7 +189,7 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(default: list[Obj]) 
     expected[("networking.k8s.io", "networkpolicies")] = ["create", "get", "update"]
     expected[("", "secrets")] = ["create", "get"]
     # A FedJob's Flower federation: created once, scaled to zero at the end.
-    expected[("apps", "deployments")] = ["create", "get"]
+    expected[("apps", "deployments")] = ["create", "get", "list"]
     expected[("apps", "deployments/scale")] = ["patch"]
     expected[("", "configmaps")] = ["create", "get", "patch"]
     expected[("", "services")] = ["create"]

@@ -106,6 +106,7 @@ def test_every_child_is_owned_valid_and_its_pods_restricted() -> None:
             assert restricted_violations(pod) == [], name
             labels = child["spec"]["template"]["metadata"]["labels"]
             assert labels[WORKLOAD_LABEL] == NAMES.workload
+            assert child["metadata"]["labels"][WORKLOAD_LABEL] == NAMES.workload
     deployments = sorted(name for kind, name in children if kind == "Deployment")
     assert deployments == sorted(
         [NAMES.superlink, *(NAMES.supernode(c) for c in ("hospital-a", "hospital-b", "hospital-c"))]
