@@ -39,7 +39,8 @@ from modelfleet.federated.progress import read_progress
 STATUS_KEY = "status.json"
 """The key of the status ConfigMap that holds the report and, once ended, the result."""
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-IDLE_SECONDS = 3600.0
+IDLE_POLL_SECONDS = 30.0
+"""Once the run has ended: how often a result not yet published is tried again."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,17 @@ class Publisher:
         self.published = ""
 
     def __call__(self) -> None:
+        """Publish if changed. An API server that does not answer costs a retry at the next
+        poll, never the run: the report is rebuilt from the run's files each time."""
         document = status_document(self.run_dir, self.output_uri)
-        if document != self.published:
+        if document == self.published:
+            return
+        try:
             publish(self.target, document)
-            self.published = document
+        except OSError as error:
+            print(f"publishing status failed, retried at the next poll: {error}", file=sys.stderr)
+            return
+        self.published = document
 
 
 def adopt_job(run_dir: Path, job_file: Path) -> None:
@@ -159,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         publisher()
     print("the run has ended; idle until the operator scales this pod to zero")
     while True:
-        time.sleep(IDLE_SECONDS)
+        time.sleep(IDLE_POLL_SECONDS)
+        publisher()
 
 
 if __name__ == "__main__":
