@@ -24,8 +24,7 @@ import yaml
 from controllers.context import FINALIZER
 from controllers.faults import CRASH_AT_VARIABLE, CRASH_EXIT_CODE
 from controllers.resync import LEGACY_FINALIZER
-from e2e.conftest import ROOT, Kube, Operator, namespace, wait_for
-from e2e.test_operator_kuberay import create_nodes
+from e2e.conftest import ROOT, Kube, Operator, create_nodes, namespace, wait_for
 
 pytestmark = pytest.mark.envtest
 NS = "teardown"
@@ -52,6 +51,11 @@ def pool(name: str, replicas: int = 1) -> str:
 
 def fedjob(name: str, rounds: int = 3) -> str:
     return manifest("fedjob.yaml", name, rounds=rounds)
+
+
+def fusionjob(name: str) -> str:
+    """A job whose child on the kuberay backend is a RayJob (a FedJob's are Deployments)."""
+    return manifest("fusionjob.yaml", name)
 
 
 @pytest.fixture(scope="module")
@@ -135,17 +139,17 @@ def test_a_crash_between_creating_a_child_and_writing_status_converges_without_a
     kube: Kube, start: Start
 ) -> None:
     doomed = start(env={CRASH_AT_VARIABLE: "after-apply"})
-    kube("apply", "-n", NS, "-f", "-", stdin=fedjob("crashy"))
+    kube("apply", "-n", NS, "-f", "-", stdin=fusionjob("crashy"))
     assert doomed.process.wait(timeout=60) == CRASH_EXIT_CODE
     [child] = children(kube, "crashy")
-    assert not (kube.get("fedjob/crashy", "-n", NS).get("status") or {}).get("workload")
+    assert not (kube.get("fusionjob/crashy", "-n", NS).get("status") or {}).get("workload")
     operator = start()
-    body = wait_for(lambda: reconciled(kube, "fedjob/crashy"), 60, "the FedJob's status")
+    body = wait_for(lambda: reconciled(kube, "fusionjob/crashy"), 60, "the FusionJob's status")
     assert body["status"]["workload"] == child["metadata"]["name"]
     [after] = children(kube, "crashy")
     assert after["metadata"]["uid"] == child["metadata"]["uid"]
     assert "fault injection: exiting at after-apply" in doomed.logs()
-    assert "FedJob teardown/crashy" in doomed.logs()
+    assert "FusionJob teardown/crashy" in doomed.logs()
     operator.stop()
 
 
@@ -184,19 +188,23 @@ def test_twenty_random_kills_leave_no_duplicate_no_stuck_delete_and_current_stat
             if action == "create" or not live:
                 serial += 1
                 name = f"r{serial}"
-                make = pool if serial % 2 else fedjob
+                make = pool if serial % 2 else fusionjob
                 kube("apply", "-n", NS, "-f", "-", stdin=make(name))
                 live[name] = 1
             elif action == "update":
                 name = rng.choice(sorted(live))
                 live[name] += 1
-                kind = "modelpool" if int(name[1:]) % 2 else "fedjob"
-                field = "replicas" if kind == "modelpool" else "rounds"
-                change = json.dumps({"spec": {field: live[name]}})
+                kind = "modelpool" if int(name[1:]) % 2 else "fusionjob"
+                spec = (
+                    {"replicas": live[name]}
+                    if kind == "modelpool"
+                    else {"training": {"epochs": live[name]}}
+                )
+                change = json.dumps({"spec": spec})
                 kube("patch", f"{kind}/{name}", "-n", NS, "--type=merge", "-p", change)
             else:
                 name = rng.choice(sorted(live))
-                kind = "modelpool" if int(name[1:]) % 2 else "fedjob"
+                kind = "modelpool" if int(name[1:]) % 2 else "fusionjob"
                 kube("delete", f"{kind}/{name}", "-n", NS, "--wait=false")
                 del live[name]
                 deleted.add(name)
@@ -204,12 +212,12 @@ def test_twenty_random_kills_leave_no_duplicate_no_stuck_delete_and_current_stat
         operator.stop(signal.SIGKILL)
     operator = start()
     for name in sorted(live):
-        resource = f"{'modelpool' if int(name[1:]) % 2 else 'fedjob'}/{name}"
+        resource = f"{'modelpool' if int(name[1:]) % 2 else 'fusionjob'}/{name}"
         body = wait_for(lambda r=resource: reconciled(kube, r), 60, f"{resource} settled")
         owned = children(kube, name)
         assert len(owned) == 1, (name, [c["metadata"]["name"] for c in owned])
         assert owned[0]["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
-    present = set(kube("get", "modelpools,fedjobs", "-n", NS, "-o", "name").split())
+    present = set(kube("get", "modelpools,fusionjobs", "-n", NS, "-o", "name").split())
     assert not {p for p in present if p.split("/")[1] in deleted}
     operator.stop()
 
