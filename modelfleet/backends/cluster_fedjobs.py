@@ -59,13 +59,6 @@ class ClusterFedJobs:
         self._image = image
         self._products = products
 
-    def _render(self, owner: Owner, workload: Workload, replicas: int) -> list[dict[str, Any]]:
-        spec = FedJobSpec.model_validate(workload.config)
-        paths = check_cluster_job(spec)
-        return render_federation(
-            owner, workload, job_settings(spec), paths, self._image, self._products(), replicas
-        )
-
     def _create(self, namespace: str, body: dict[str, Any]) -> bool:
         """Create ``body`` unless an object of its name exists; whether it was created."""
         makers: dict[str, tuple[Callable[..., Any], type[BaseModel]]] = {
@@ -139,7 +132,7 @@ class ClusterFedJobs:
         workload = self._started(owner, workload)
         spec = FedJobSpec.model_validate(workload.config)
         try:
-            check_cluster_job(spec)
+            paths = check_cluster_job(spec)
         except JobInvalid:
             return ApplyResult.SKIPPED
         names = FederationNames(workload.name)
@@ -156,7 +149,16 @@ class ClusterFedJobs:
         ended = status is not None and _published(status)[1] is not None
         deployments = self._deployments(owner, names)
         created = False
-        for child in self._render(owner, workload, 0 if ended else 1):
+        children = render_federation(
+            owner,
+            workload,
+            job_settings(spec),
+            paths,
+            self._image,
+            self._products(),
+            0 if ended else 1,
+        )
+        for child in children:
             if child["kind"] == "Deployment" and child["metadata"]["name"] in deployments:
                 continue
             created = self._create(owner.namespace, child) or created
